@@ -1,0 +1,32 @@
+# Every target bootstraps its own environment: only Python >= 3.11 and make are assumed.
+# uv comes from PATH, or is installed with pip into .tools/ on first use.
+
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON := $(PYTHON)
+RUN := $(UV) run --locked
+
+.PHONY: test lint typecheck pytest run sync
+
+test: lint typecheck pytest ## lint, type-check and run the whole test suite
+
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet uv
+
+sync: $(UV)
+	$(UV) sync --locked --quiet
+
+lint: sync
+	$(RUN) ruff check app tests
+	$(RUN) ruff format --check app tests
+
+typecheck: sync
+	$(RUN) mypy app
+
+pytest: sync
+	$(RUN) pytest
+
+run: sync ## start the server locally (settings from the environment / .env)
+	$(RUN) voicebridge serve --host 127.0.0.1 --port $${PORT:-8080}

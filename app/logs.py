@@ -1,0 +1,76 @@
+"""Structured logs: one line per event, each carrying the CallSid of the call it is about.
+
+The CallSid lives in a context variable set when a stream starts; asyncio tasks copy
+the context, so every log line from a call's tasks carries it without passing it around.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
+
+call_sid_var: ContextVar[str] = ContextVar("call_sid", default="-")
+
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "call_sid"}
+
+
+class _CallContext(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.call_sid = call_sid_var.get()
+        return True
+
+
+def _call_sid(record: logging.LogRecord) -> str:
+    return str(getattr(record, "call_sid", "-"))
+
+
+def _fields(record: logging.LogRecord) -> dict[str, object]:
+    """Extra fields passed with `extra={...}`."""
+    return {k: v for k, v in vars(record).items() if k not in _RESERVED}
+
+
+class TextFormatter(logging.Formatter):
+    """`time level logger call=CA… message key=value…`, readable in a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        moment = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S.%f")[:-3]
+        extra = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        line = (
+            f"{moment} {record.levelname:<7} {record.name} call={_call_sid(record)} "
+            f"{record.getMessage()}{' ' + extra if extra else ''}"
+        )
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers (Fly, Loki, Datadog…)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "call_sid": _call_sid(record),
+            "message": record.getMessage(),
+            **_fields(record),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_CallContext())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "litestar"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True

@@ -1,0 +1,163 @@
+"""Configuration from the environment and an optional `.env` file.
+
+Every setting is validated at start-up; a bad configuration stops the process with one
+message that lists every problem and how to fix it (`SettingsError`), never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_INSTRUCTIONS = (
+    "You are a friendly, concise voice assistant on a phone call. Speak naturally, in short "
+    "sentences, and let the caller interrupt you. If you don't know something, say so."
+)
+
+# What to tell a user about each setting when it is missing or wrong.
+HINTS: dict[str, str] = {
+    "OPENAI_API_KEY": "your OpenAI API key (https://platform.openai.com/api-keys), e.g. sk-…",
+    "OPENAI_REALTIME_URL": "a ws:// or wss:// URL, default wss://api.openai.com/v1/realtime",
+    "OPENAI_REALTIME_MODEL": "a Realtime model such as gpt-realtime or gpt-realtime-mini",
+    "PUBLIC_BASE_URL": "the https URL Twilio reaches this server at, e.g. https://abc.ngrok.app",
+    "AGENT_INSTRUCTIONS_FILE": "a readable text file with the agent's instructions",
+    "AGENT_VOICE": "a Realtime voice such as ash, alloy, coral, sage, verse, marin or cedar",
+    "TRANSCRIPTS_DIR": "a writable directory for call transcripts",
+    "TWILIO_ACCOUNT_SID": "your Twilio Account SID (starts with AC, from console.twilio.com)",
+    "TWILIO_PHONE_NUMBER": "your Twilio number in E.164 form, e.g. +15551234567",
+}
+
+
+class SettingsError(Exception):
+    """A configuration that cannot run; `str()` is the readable message for the user."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        lines = ["VoiceBridge cannot start: fix these settings (environment or .env file):"]
+        lines += [f"  - {name}: {problem}" for name, problem in problems]
+        lines.append("See .env.example for every setting.")
+        super().__init__("\n".join(lines))
+
+
+class Settings(BaseSettings):
+    """All settings; names match the environment variables (case-insensitive)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    openai_api_key: SecretStr
+    openai_realtime_url: str = "wss://api.openai.com/v1/realtime"
+    openai_realtime_model: str = "gpt-realtime"
+    public_base_url: str | None = None
+
+    agent_instructions: str = DEFAULT_INSTRUCTIONS
+    agent_instructions_file: Path | None = None
+    agent_voice: str = "ash"
+    agent_greeting: str = ""
+    transcription_model: str = "whisper-1"
+    vad_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    vad_silence_ms: Annotated[int, Field(ge=100, le=5000)] = 500
+
+    transcripts_dir: Path = Path("transcripts")
+
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_phone_number: str | None = None
+    twilio_api_base_url: str | None = None
+
+    log_level: str = "INFO"
+    log_format: Annotated[str, Field(pattern="^(text|json)$")] = "text"
+
+    @field_validator("openai_api_key")
+    @classmethod
+    def _key_not_blank(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("is empty")
+        return value
+
+    @field_validator("openai_realtime_url")
+    @classmethod
+    def _websocket_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("ws", "wss"):
+            raise ValueError("must start with ws:// or wss://")
+        return value.rstrip("?")
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL such as https://abc.ngrok.app")
+        if parts.query:
+            raise ValueError("must not carry a query string")
+        return value.strip().rstrip("/")
+
+    @field_validator("agent_instructions_file")
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @field_validator("twilio_account_sid")
+    @classmethod
+    def _account_sid(cls, value: str | None) -> str | None:
+        if value and not value.startswith("AC"):
+            raise ValueError("must start with AC")
+        return value or None
+
+    @field_validator("twilio_phone_number")
+    @classmethod
+    def _e164(cls, value: str | None) -> str | None:
+        if value and not (value.startswith("+") and value[1:].isdigit()):
+            raise ValueError("must be in E.164 form, e.g. +15551234567")
+        return value or None
+
+    @property
+    def instructions(self) -> str:
+        """The agent's instructions: the file wins over the inline setting."""
+        if self.agent_instructions_file is not None:
+            return self.agent_instructions_file.read_text(encoding="utf-8").strip()
+        return self.agent_instructions
+
+    @property
+    def realtime_url(self) -> str:
+        """The Realtime WebSocket URL with the model as query parameter."""
+        separator = "&" if "?" in self.openai_realtime_url else "?"
+        return f"{self.openai_realtime_url}{separator}model={self.openai_realtime_model}"
+
+    @property
+    def stream_url(self) -> str | None:
+        """The wss:// URL of our media stream, derived from PUBLIC_BASE_URL only."""
+        if self.public_base_url is None:
+            return None
+        scheme, rest = self.public_base_url.split("://", 1)
+        return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/media-stream"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, turning every validation problem into one `SettingsError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise SettingsError(_problems(error)) from None
+
+
+def _problems(error: ValidationError) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for item in error.errors():
+        name = str(item["loc"][0]).upper() if item["loc"] else "?"
+        if item["type"] == "missing":
+            message = "not set"
+        else:
+            message = str(item["msg"]).removeprefix("Value error, ")
+        hint = HINTS.get(name)
+        problems.append((name, f"{message} — {hint}" if hint else message))
+    return problems

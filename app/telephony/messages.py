@@ -1,0 +1,149 @@
+"""Twilio Media Streams messages: typed parsing of what Twilio sends, and the three
+messages we may send back (`media`, `mark`, `clear`).
+
+Parsing is strict about shape (msgspec) so that a malformed frame is one clear
+`MessageError`, never a KeyError deep inside the bridge.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class MessageError(ValueError):
+    """A frame from Twilio that is not a valid Media Streams message."""
+
+
+class _Message(msgspec.Struct, tag_field="event", rename="camel", forbid_unknown_fields=False):
+    pass
+
+
+class Connected(_Message, tag="connected"):
+    protocol: str = ""
+    version: str = ""
+
+
+class MediaFormat(msgspec.Struct, rename="camel"):
+    encoding: str
+    sample_rate: int
+    channels: int = 1
+
+
+class StartInfo(msgspec.Struct, rename="camel"):
+    call_sid: str
+    stream_sid: str
+    account_sid: str = ""
+    tracks: list[str] = msgspec.field(default_factory=lambda: ["inbound"])
+    media_format: MediaFormat | None = None
+    custom_parameters: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class Start(_Message, tag="start"):
+    stream_sid: str
+    start: StartInfo
+    sequence_number: str = ""
+
+
+class MediaPayload(msgspec.Struct):
+    payload: str
+    timestamp: str = ""
+    chunk: str = ""
+    track: str = "inbound"
+
+
+class Media(_Message, tag="media"):
+    media: MediaPayload
+    stream_sid: str = ""
+    sequence_number: str = ""
+
+
+class MarkInfo(msgspec.Struct):
+    name: str
+
+
+class Mark(_Message, tag="mark"):
+    mark: MarkInfo
+    stream_sid: str = ""
+    sequence_number: str = ""
+
+
+class DtmfInfo(msgspec.Struct):
+    digit: str
+    track: str = ""
+
+
+class Dtmf(_Message, tag="dtmf"):
+    dtmf: DtmfInfo
+    stream_sid: str = ""
+    sequence_number: str = ""
+
+
+class StopInfo(msgspec.Struct, rename="camel"):
+    account_sid: str = ""
+    call_sid: str = ""
+
+
+class Stop(_Message, tag="stop"):
+    stream_sid: str = ""
+    sequence_number: str = ""
+    stop: StopInfo | None = None
+
+
+class UnknownEvent(msgspec.Struct):
+    """An event name we do not handle; ignored by the bridge, logged once."""
+
+    event: str
+
+
+TwilioMessage = Connected | Start | Media | Mark | Dtmf | Stop
+
+_decoder = msgspec.json.Decoder(TwilioMessage)
+_event_only = msgspec.json.Decoder(UnknownEvent)
+_KNOWN_EVENTS = frozenset({"connected", "start", "media", "mark", "dtmf", "stop"})
+
+
+def parse_message(data: str | bytes) -> TwilioMessage | UnknownEvent:
+    """Parse one text frame from Twilio.
+
+    Raises `MessageError` with a short reason for anything that is not a well-formed
+    message; returns `UnknownEvent` for a well-formed message of an event we don't know.
+    """
+    try:
+        message: TwilioMessage = _decoder.decode(data)
+        return message
+    except msgspec.DecodeError as error:
+        try:
+            unknown = _event_only.decode(data)
+        except msgspec.DecodeError:
+            raise MessageError(_reason(error)) from None
+        if unknown.event in _KNOWN_EVENTS:
+            raise MessageError(_reason(error)) from None
+        return unknown
+
+
+def _reason(error: msgspec.DecodeError) -> str:
+    return str(error).replace("JSON is malformed", "not JSON")
+
+
+class StreamWriter:
+    """Builds the frames we send to one Twilio stream.
+
+    The streamSid is JSON-encoded once; the hot `media` frame is then plain string
+    concatenation around a base64 payload, which needs no escaping.
+    """
+
+    def __init__(self, stream_sid: str) -> None:
+        sid = msgspec.json.encode(stream_sid).decode()
+        self._media_prefix = '{"event":"media","streamSid":' + sid + ',"media":{"payload":"'
+        self._mark_prefix = '{"event":"mark","streamSid":' + sid + ',"mark":{"name":"'
+        self._clear = '{"event":"clear","streamSid":' + sid + "}"
+
+    def media(self, payload_b64: str) -> str:
+        return self._media_prefix + payload_b64 + '"}}'
+
+    def mark(self, name: str) -> str:
+        """A mark; `name` must be JSON-safe (we only use our own short names)."""
+        return self._mark_prefix + name + '"}}'
+
+    def clear(self) -> str:
+        return self._clear

@@ -1,0 +1,241 @@
+"""The sans-I/O call bridge, driven without sockets and with a fake clock."""
+
+import base64
+import json
+from typing import Any
+
+import msgspec
+import pytest
+
+from app.call.bridge import CallBridge
+from app.realtime import events as rt
+from app.realtime.session import AgentConfig
+from app.telephony.messages import MessageError, parse_message
+from tests.test_messages import START
+
+CONFIG = AgentConfig(
+    model="gpt-realtime",
+    instructions="Be brief.",
+    voice="ash",
+    greeting="Hello!",
+    transcription_model="whisper-1",
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def started(config: AgentConfig = CONFIG) -> tuple[CallBridge, Clock]:
+    clock = Clock()
+    bridge = CallBridge(config, clock=clock)
+    message = parse_message(json.dumps(START))
+    assert not isinstance(message, rt.Error)
+    bridge.start(message)  # type: ignore[arg-type]
+    return bridge, clock
+
+
+def server(event: dict[str, Any]) -> rt.ServerEvent:
+    parsed = rt.parse_server_event(msgspec.json.encode(event))
+    assert parsed is not None
+    return parsed
+
+
+def media(payload: bytes, timestamp: int) -> str:
+    return json.dumps(
+        {
+            "event": "media",
+            "streamSid": START["streamSid"],
+            "media": {
+                "track": "inbound",
+                "chunk": "1",
+                "timestamp": str(timestamp),
+                "payload": base64.b64encode(payload).decode(),
+            },
+        }
+    )
+
+
+def audio_delta(item_id: str, nbytes: int) -> rt.ServerEvent:
+    delta = base64.b64encode(b"\x00" * nbytes).decode()
+    return server(
+        {
+            "type": "response.output_audio.delta",
+            "item_id": item_id,
+            "delta": delta,
+            "response_id": "r",
+            "output_index": 0,
+            "content_index": 0,
+        }
+    )
+
+
+def test_start_configures_a_ga_session_and_greets_first() -> None:
+    bridge, _ = started()
+    update, greet = (json.loads(frame) for frame in bridge.data_to_openai())
+    assert update["type"] == "session.update"
+    session = update["session"]
+    assert session["type"] == "realtime"
+    assert session["output_modalities"] == ["audio"]
+    assert session["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+    assert session["audio"]["output"] == {"format": {"type": "audio/pcmu"}, "voice": "ash"}
+    assert session["audio"]["input"]["turn_detection"]["interrupt_response"] is True
+    assert greet["type"] == "response.create"
+    assert "Hello!" in greet["response"]["instructions"]
+
+
+def test_no_greeting_means_the_agent_waits() -> None:
+    bridge, _ = started(AgentConfig("m", "i", "ash", "", "whisper-1"))
+    assert [json.loads(f)["type"] for f in bridge.data_to_openai()] == ["session.update"]
+
+
+def test_caller_audio_goes_to_openai_unchanged() -> None:
+    bridge, _ = started()
+    bridge.data_to_openai()
+    frame = bytes(range(160))
+    bridge.twilio_message(parse_message(media(frame, 0)))
+    (append,) = (json.loads(f) for f in bridge.data_to_openai())
+    assert append == {
+        "type": "input_audio_buffer.append",
+        "audio": base64.b64encode(frame).decode(),
+    }
+
+
+def test_timestamp_gap_is_filled_with_mulaw_silence() -> None:
+    bridge, _ = started()
+    bridge.data_to_openai()
+    bridge.twilio_message(parse_message(media(b"\x01" * 160, 0)))
+    bridge.twilio_message(parse_message(media(b"\x01" * 160, 120)))  # 100 ms omitted
+    first, silence, second = (json.loads(f)["audio"] for f in bridge.data_to_openai())
+    assert base64.b64decode(silence) == b"\xff" * 800
+    assert base64.b64decode(first) == base64.b64decode(second) == b"\x01" * 160
+
+
+def test_bad_base64_is_a_message_error() -> None:
+    bridge, _ = started()
+    bad = json.dumps({"event": "media", "media": {"payload": "not base64!", "timestamp": "0"}})
+    with pytest.raises(MessageError):
+        bridge.twilio_message(parse_message(bad))
+
+
+def test_agent_audio_goes_to_twilio_followed_by_a_mark() -> None:
+    bridge, _ = started()
+    bridge.realtime_event(audio_delta("item_a", 800))
+    media_frame, mark = (json.loads(f) for f in bridge.data_to_twilio())
+    assert media_frame["event"] == "media"
+    assert base64.b64decode(media_frame["media"]["payload"]) == b"\x00" * 800
+    assert mark["event"] == "mark"
+    assert bridge.playback.playing
+
+
+def test_barge_in_clears_twilio_and_truncates_to_what_was_heard() -> None:
+    bridge, clock = started()
+    for _ in range(5):
+        bridge.realtime_event(audio_delta("item_a", 800))  # 5 x 100 ms, sent at once
+    marks = [json.loads(f)["mark"]["name"] for f in bridge.data_to_twilio() if "mark" in f]
+    clock.now += 0.1
+    bridge.twilio_message(parse_message(json.dumps({"event": "mark", "mark": {"name": marks[0]}})))
+    clock.now += 0.05  # 150 ms of playback when the caller starts talking
+    bridge.data_to_openai()
+    bridge.realtime_event(
+        server(
+            {
+                "type": "input_audio_buffer.speech_started",
+                "audio_start_ms": 900,
+                "item_id": "user_1",
+            }
+        )
+    )
+    assert [json.loads(f) for f in bridge.data_to_twilio()] == [
+        {"event": "clear", "streamSid": START["streamSid"]}
+    ]
+    (truncate,) = (json.loads(f) for f in bridge.data_to_openai())
+    assert truncate == {
+        "type": "conversation.item.truncate",
+        "item_id": "item_a",
+        "content_index": 0,
+        "audio_end_ms": 150,
+    }
+    bridge.realtime_event(audio_delta("item_a", 800))  # late audio of the cut item
+    assert bridge.data_to_twilio() == []
+
+
+def test_speech_without_queued_audio_sends_no_clear() -> None:
+    bridge, _ = started()
+    bridge.realtime_event(
+        server(
+            {"type": "input_audio_buffer.speech_started", "audio_start_ms": 0, "item_id": "user_1"}
+        )
+    )
+    assert bridge.data_to_twilio() == []
+
+
+def test_transcript_orders_by_item_not_by_arrival() -> None:
+    bridge, clock = started()
+    bridge.realtime_event(
+        server(
+            {
+                "type": "input_audio_buffer.speech_started",
+                "audio_start_ms": 500,
+                "item_id": "user_1",
+            }
+        )
+    )
+    clock.now += 2
+    bridge.realtime_event(audio_delta("agent_1", 800))
+    bridge.realtime_event(
+        server(
+            {
+                "type": "response.output_audio_transcript.done",
+                "item_id": "agent_1",
+                "transcript": "A table for two, sure.",
+                "response_id": "r",
+                "output_index": 0,
+                "content_index": 0,
+            }
+        )
+    )
+    bridge.realtime_event(  # the caller's transcription lands after the reply
+        server(
+            {
+                "type": "conversation.item.input_audio_transcription.completed",
+                "item_id": "user_1",
+                "content_index": 0,
+                "transcript": " Table for two. ",
+            }
+        )
+    )
+    assert bridge.transcript is not None
+    record = bridge.transcript.to_record(bridge.transcript.call.started_at)
+    assert [(t["role"], t["text"]) for t in record["turns"]] == [
+        ("caller", "Table for two."),
+        ("agent", "A table for two, sure."),
+    ]
+    assert record["turns"][0]["start_ms"] == 500
+    assert record["turns"][1]["start_ms"] == 2000
+
+
+def test_usage_is_summed_over_responses() -> None:
+    bridge, _ = started()
+    done = {
+        "type": "response.done",
+        "response": {
+            "id": "r",
+            "status": "completed",
+            "usage": {
+                "input_tokens": 10,
+                "output_tokens": 20,
+                "input_token_details": {"audio_tokens": 8, "text_tokens": 2, "cached_tokens": 0},
+                "output_token_details": {"audio_tokens": 18, "text_tokens": 2},
+            },
+        },
+    }
+    bridge.realtime_event(server(done))
+    bridge.realtime_event(server(done))
+    assert bridge.transcript is not None
+    usage = bridge.transcript.to_record(bridge.transcript.call.started_at)["usage"]
+    assert (usage["input_tokens"], usage["output_audio_tokens"], usage["responses"]) == (20, 36, 2)
