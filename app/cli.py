@@ -1,9 +1,14 @@
-"""`voicebridge` / `python -m app`: the command line."""
+"""`voicebridge` / `python -m app`: the command line.
+
+Each command group lives beside the code it drives and registers its own sub-parser;
+this module only assembles them and turns configuration errors into readable exits.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,30 +16,44 @@ from pathlib import Path
 from app.settings import SettingsError, load_settings
 
 
+class CommandError(Exception):
+    """A command failed for a reason the user can fix; printed as one line, exit 1."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         result: int = args.run(args)
     except SettingsError as error:
         print(error, file=sys.stderr)
         return 2
+    except CommandError as error:
+        print(f"voicebridge: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return result
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voicebridge", description="Bridge Twilio phone calls to the OpenAI Realtime API."
     )
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    _add_serve(commands)
+    _add_simulate(commands)
+    return parser
 
+
+
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--host", default="0.0.0.0", help="interface to listen on")  # noqa: S104
     serve.add_argument("--port", type=int, default=None, help="port (default: $PORT or 8080)")
     serve.set_defaults(run=_serve)
 
+
+def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     simulate = commands.add_parser(
         "simulate", help="call a running server as Twilio would, from a WAV file"
     )
@@ -48,12 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--from", dest="from_number", default="+15550001111")
     simulate.add_argument("--to", dest="to_number", default="+15550002222")
     simulate.set_defaults(run=_simulate)
-    return parser
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import os
-
     import uvicorn
 
     from app.logs import configure_logging
@@ -79,8 +95,7 @@ def _simulate(args: argparse.Namespace) -> int:
     from app.simulator import run_simulation
 
     if not args.wav.is_file():
-        print(f"no such WAV file: {args.wav}", file=sys.stderr)
-        return 2
+        raise CommandError(f"no such WAV file: {args.wav}")
     summary = asyncio.run(
         run_simulation(
             args.url,
