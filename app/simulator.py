@@ -32,7 +32,7 @@ import math
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -172,7 +172,7 @@ class _Mark:
 class _Outgoing:
     """A message for the writer task; ``sequenceNumber`` is added at send time."""
 
-    message: dict[str, Any] | None
+    message: dict[str, Any]
     sequenced: bool = True
     sent: asyncio.Future[None] | None = None
 
@@ -491,7 +491,7 @@ class CallerSimulator:
 
     # ------------------------------------------------------------------ tasks
 
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=f"sim-{name}-{self.call_sid}")
         task.add_done_callback(self._task_done)
         self._tasks.append(task)
@@ -535,8 +535,6 @@ class CallerSimulator:
         try:
             while True:
                 pending = await self._out.get()
-                if pending.message is None:
-                    continue
                 msg = pending.message
                 if pending.sequenced:
                     self._seq += 1
@@ -650,9 +648,7 @@ class CallerSimulator:
         self._fail_speech()
         self.closed.set()
         self._notify()
-        logger.info(
-            "simulated call %s closed by %s (code %s)", self.call_sid, self.closed_by, code
-        )
+        logger.info("simulated call %s closed by %s (code %s)", self.call_sid, self.closed_by, code)
 
     async def _playback_loop(self) -> None:
         """Drive playback in real time: wake every 20 ms, or exactly when a mark is due."""
@@ -744,10 +740,12 @@ class CallerSimulator:
     def _on_clear(self, now: float) -> None:
         self._advance(now)
         was_playing = self._seg_origin is not None
+        # An utterance still within its gap counts: the clear landed in a brief underrun.
         utt = self._utt
-        played_ms = utt.played_ms if utt is not None and utt.end is None else 0
-        if utt is not None and utt.end is not None and now - utt.end <= self.utterance_gap_s:
-            played_ms = utt.played_ms  # cleared during a brief underrun
+        in_utterance = utt is not None and (
+            utt.end is None or now - utt.end <= self.utterance_gap_s
+        )
+        played_ms = utt.played_ms if utt is not None and in_utterance else 0
         dropped = self._queued_bytes
         flushed = self._end_playback(now, reason="clear")
         self.clears.append(
@@ -778,12 +776,11 @@ class CallerSimulator:
             self._idle_since = now
         self._seg_origin = None
         utt = self._utt
-        if utt is not None and (utt.end is None or now - utt.end <= self.utterance_gap_s):
-            if utt.end is None:
-                utt.end = now
-                utt.interrupted = was_playing
-                utt.ended_by = reason
-        self._utt = None
+        if utt is not None and utt.end is None:
+            utt.end = now
+            utt.interrupted = was_playing and reason == "clear"
+            utt.ended_by = reason
+        self._utt = None  # whatever plays next is a new utterance
         return flushed
 
     def _echo_mark(self, name: str, now: float, *, cleared: bool) -> None:

@@ -13,6 +13,7 @@ from tests.doubles.realtime import AgentLine, RealtimeDouble
 from tests.fixtures import audio
 
 PUBLIC_BASE_URL = "https://voice.example.com"
+AUTH_TOKEN = "twilio-test-auth-token"
 
 
 def agent_line(name: str) -> AgentLine:
@@ -41,6 +42,7 @@ def make_settings(realtime: RealtimeDouble, tmp_path: Path) -> Callable[..., Set
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "openai_api_key": "sk-test-key",
+            "twilio_auth_token": AUTH_TOKEN,
             "openai_realtime_url": realtime.url,
             "public_base_url": PUBLIC_BASE_URL,
             "transcripts_dir": tmp_path / "transcripts",

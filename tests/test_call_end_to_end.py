@@ -9,17 +9,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from app.main import create_app
 from app.settings import Settings
-from app.simulator import CallerSimulator
+from app.simulator import CallerSimulator, new_sid
 from tests.conftest import PUBLIC_BASE_URL, agent_line
 from tests.doubles.realtime import RealtimeDouble
 from tests.fixtures import audio
-from tests.servers import serve
+from tests.servers import RunningServer, serve
+from tests.twilio import answer_call, post_webhook
 
-CALLER = {"from": "+15550001111", "to": "+15550002222", "direction": "inbound"}
+
+async def call(server: RunningServer) -> CallerSimulator:
+    """A caller simulator for a call the app answered through its voice webhook."""
+    call_sid = new_sid("CA")
+    parameters = await answer_call(server, call_sid)
+    return CallerSimulator(server.ws_url, call_sid=call_sid, custom_parameters=parameters)
 
 
 def saved_transcripts(settings: Settings) -> list[dict[str, Any]]:
@@ -32,16 +36,16 @@ def saved_transcripts(settings: Settings) -> list[dict[str, Any]]:
 async def test_voice_webhook_answers_twiml_that_opens_the_stream(
     make_settings: Callable[..., Settings],
 ) -> None:
-    async with serve(create_app(make_settings())) as server, httpx.AsyncClient() as client:
-        response = await client.post(
-            f"{server.http_url}/twilio/voice",
-            data={
+    async with serve(create_app(make_settings())) as server:
+        response = await post_webhook(
+            server,
+            "/twilio/voice",
+            {
                 "CallSid": "CA123",
                 "From": "+15550001111",
                 "To": "+15550002222",
                 "Direction": "inbound",
             },
-            headers={"Host": "internal-host:9999"},
         )
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/xml")
@@ -54,7 +58,13 @@ async def test_voice_webhook_answers_twiml_that_opens_the_stream(
     assert parameters["from"] == "+15550001111"
     assert parameters["to"] == "+15550002222"
     assert parameters["direction"] == "inbound"
-    assert PUBLIC_BASE_URL.startswith("https://")
+    assert parameters["token"]
+    assert connect_action(root) == f"{PUBLIC_BASE_URL}/twilio/stream-ended"
+
+
+def connect_action(root: ET.Element) -> str | None:
+    connect = root.find("Connect")
+    return None if connect is None else connect.get("action")
 
 
 async def test_greeting_then_a_caller_turn_gets_a_reply_and_a_transcript(
@@ -62,7 +72,7 @@ async def test_greeting_then_a_caller_turn_gets_a_reply_and_a_transcript(
 ) -> None:
     settings = make_settings()
     async with serve(create_app(settings)) as server:
-        async with CallerSimulator(server.ws_url, custom_parameters=CALLER) as caller:
+        async with await call(server) as caller:
             greeting = await caller.wait_for_agent_audio(timeout=5)
             await caller.wait_until_agent_quiet(timeout=15)
             assert greeting.played_ms >= audio.duration_ms("agent_greeting") - 40
@@ -106,7 +116,7 @@ async def test_barge_in_clears_playback_and_truncates_to_what_was_heard(
     realtime.agent_lines = [agent_line("agent_long_reply"), agent_line("agent_short_reply")]
     settings = make_settings(agent_greeting="")
     async with serve(create_app(settings)) as server:
-        async with CallerSimulator(server.ws_url, custom_parameters=CALLER) as caller:
+        async with await call(server) as caller:
             await caller.say(audio.load("caller_book_table"))
             await caller.wait_for_agent_audio(timeout=5)
             await caller.pause(1.5)  # let the agent talk for a while, then talk over it
@@ -140,7 +150,7 @@ async def test_openai_ending_the_session_closes_the_twilio_stream(
     realtime.drop_after_s = 1.0
     settings = make_settings(agent_greeting="")
     async with serve(create_app(settings)) as server:
-        caller = CallerSimulator(server.ws_url, custom_parameters=CALLER)
+        caller = await call(server)
         async with caller:
             code = await caller.wait_closed(timeout=5)
         assert caller.closed_by == "server"
@@ -152,7 +162,7 @@ async def test_hang_up_closes_the_openai_socket_within_a_second(
     realtime: RealtimeDouble, make_settings: Callable[..., Settings]
 ) -> None:
     async with serve(create_app(make_settings(agent_greeting=""))) as server:
-        async with CallerSimulator(server.ws_url, custom_parameters=CALLER) as caller:
+        async with await call(server) as caller:
             await realtime.wait_for(lambda: realtime.sessions, timeout=5)
             await caller.pause(0.2)
             await caller.hang_up()
