@@ -134,8 +134,10 @@ class Utterance:
     """One stretch of agent speech as heard by the caller (updated live while it plays).
 
     It starts when audio starts playing after the line was idle, and ends when the queue
-    runs dry for longer than the simulator's ``utterance_gap_s``, is cleared, or the call
-    ends. ``end`` is None while it is still open.
+    runs dry, is cleared, or the call ends. ``end`` is None while audio is playing; after a
+    dry queue it holds the time the last byte played, but is reopened if more audio arrives
+    within the simulator's ``utterance_gap_s`` (an underrun is not a new utterance).
+    ``interrupted`` means a ``clear`` cut it off while audible; ``ended_by`` says how it ended.
     """
 
     start: float
