@@ -30,12 +30,14 @@ async def answer_call(
     *,
     caller: str = "+15550001111",
     called: str = "+15550002222",
+    token: str = AUTH_TOKEN,
 ) -> dict[str, str]:
     """Ring the voice webhook like Twilio; return the `<Parameter>`s of the stream it opens."""
     response = await post_webhook(
         server,
         "/twilio/voice",
         {"CallSid": call_sid, "From": caller, "To": called, "Direction": "inbound"},
+        token=token,
     )
     response.raise_for_status()
     stream = ET.fromstring(response.text).find("Connect/Stream")
