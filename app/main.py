@@ -9,6 +9,7 @@ from litestar import Litestar, MediaType, Request, WebSocket, get, post, websock
 from litestar.exceptions import PermissionDeniedException
 
 from app.call.stream import CallServices, handle_media_stream
+from app.metrics import CONTENT_TYPE, Metrics
 from app.settings import Settings, SettingsError, load_settings
 from app.storage.base import TranscriptStore
 from app.storage.local import LocalTranscriptStore
@@ -36,10 +37,13 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
             "TWILIO_VALIDATE_SIGNATURES=false: anyone can call the webhooks and open streams. "
             "Use this for local experiments only."
         )
+    active: set[str] = set()
     services = CallServices(
         settings,
         store or LocalTranscriptStore(settings.transcripts_dir),
         StreamTokens(settings.stream_signing_key(), settings.stream_token_ttl_s),
+        Metrics(lambda: len(active)),
+        active,
     )
 
     async def twilio_form(request: Request[Any, Any, Any]) -> dict[str, str]:
@@ -100,10 +104,17 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
     async def media_stream(socket: WebSocket[Any, Any, Any]) -> None:
         await handle_media_stream(socket, services)
 
+    @get("/metrics", media_type=CONTENT_TYPE)
+    async def metrics() -> bytes:
+        """Prometheus text format."""
+        return services.metrics.exposition()
+
     @get("/healthz", media_type=MediaType.JSON)
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "active_calls": len(services.active)}
 
-    app = Litestar(route_handlers=[voice_webhook, stream_ended, media_stream, healthz], debug=False)
+    app = Litestar(
+        route_handlers=[voice_webhook, stream_ended, media_stream, metrics, healthz], debug=False
+    )
     app.state.services = services
     return app

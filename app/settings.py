@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     realtime_stall_timeout_s: Annotated[float, Field(gt=0, le=120)] = 8.0
     realtime_session_max_s: Annotated[float, Field(gt=0, le=3600)] = 55 * 60
 
+    model_prices: dict[str, dict[str, float]] | None = None
+
     max_concurrent_calls: Annotated[int, Field(ge=1)] = 100
     max_call_seconds: Annotated[int, Field(ge=10)] = 7200
 

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 
 from app.call.playback import BYTES_PER_MS, PlaybackTracker
-from app.call.transcript import CallInfo, Transcript
+from app.call.transcript import CallInfo, Transcript, Turn
 from app.realtime import events as rt
 from app.realtime.session import AgentConfig, greeting_instructions, session_update
 from app.telephony.messages import (
@@ -67,6 +67,8 @@ class CallBridge:
         self._responding = False
         self._caller_speaking = False
         self._lost_at_ms: int | None = None
+        self._turn_ended_at: float | None = None
+        self.first_audio_turn: Turn | None = None
 
     # Output ----------------------------------------------------------------------
 
@@ -229,7 +231,7 @@ class CallBridge:
                 self._barge_in(transcript)
         elif isinstance(event, rt.SpeechStopped):
             self._caller_speaking = False
-            self._awaiting_since = self._clock()  # server VAD will create a response
+            self._awaiting_since = self._turn_ended_at = self._clock()
         elif isinstance(event, rt.ResponseCreated):
             self._responding = True
         elif isinstance(event, rt.InputTranscriptCompleted):
@@ -254,7 +256,12 @@ class CallBridge:
             return  # the caller interrupted this item: late audio must not play
         if item_id not in self._agent_items:
             self._agent_items.add(item_id)
-            transcript.turn("agent", item_id, self.now_ms()).start_ms = self.now_ms()
+            turn = transcript.turn("agent", item_id, self.now_ms())
+            turn.start_ms = self.now_ms()
+            if self._turn_ended_at is not None:
+                turn.latency_ms = round((self._clock() - self._turn_ended_at) * 1000)
+                self._turn_ended_at = None
+                self.first_audio_turn = turn  # the socket loop adds its own share
         mark = self.playback.queued(item_id, _decoded_size(event.delta), self._clock())
         self._to_twilio.append(self._writer.media(event.delta))
         self._to_twilio.append(self._writer.mark(mark))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,7 +17,10 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from app.call.bridge import CallBridge
+from app.call.cost import cost_record
+from app.call.transcript import Turn
 from app.logs import call_sid_var
+from app.metrics import Metrics
 from app.realtime.connection import connect_realtime
 from app.realtime.events import Error, parse_server_event
 from app.realtime.session import AgentConfig
@@ -49,6 +53,7 @@ class CallServices:
     settings: Settings
     store: TranscriptStore
     tokens: StreamTokens
+    metrics: Metrics
     active: set[str] = field(default_factory=set)
     start_timeout_s: float = START_TIMEOUT_S
 
@@ -85,12 +90,13 @@ async def handle_media_stream(socket: WebSocket[Any, Any, Any], services: CallSe
         "call started",
         extra={"direction": call.direction, "from_": call.from_number, "to": call.to_number},
     )
+    loops = _CallLoops(socket, bridge, services)
     try:
-        await _CallLoops(socket, bridge, services.settings).run()
+        await loops.run()
     finally:
         services.active.discard(call.call_sid)
         await _close(socket, NORMAL_CLOSURE)
-        await _save_transcript(bridge, services.store)
+        await _finish(bridge, services, loops.outcome)
 
 
 def _handshake_signed(socket: WebSocket[Any, Any, Any], settings: Settings) -> bool:
@@ -142,12 +148,14 @@ class _CallLoops:
     session lifetime limit), each re-seeded by the bridge with the conversation so far."""
 
     def __init__(
-        self, socket: WebSocket[Any, Any, Any], bridge: CallBridge, settings: Settings
+        self, socket: WebSocket[Any, Any, Any], bridge: CallBridge, services: CallServices
     ) -> None:
         self.socket = socket
         self.bridge = bridge
-        self.settings = settings
+        self.settings = services.settings
+        self.metrics = services.metrics
         self.realtime: ClientConnection | None = None
+        self.outcome = "stream_closed"
 
     async def run(self) -> None:
         from_twilio = asyncio.create_task(self._pump_twilio())
@@ -160,6 +168,7 @@ class _CallLoops:
                 if realtime is None:
                     log.error("giving up on OpenAI Realtime; ending the call")
                     self.bridge.give_up()
+                    self.outcome = "realtime_unavailable"
                     break
                 self.realtime = realtime
                 self.bridge.session_opened()
@@ -209,6 +218,8 @@ class _CallLoops:
                 {from_twilio, from_openai, watchdog}, return_when=asyncio.FIRST_COMPLETED
             )
             if from_twilio.done():
+                if self.bridge.stopped:
+                    self.outcome = "completed"
                 log.info("caller hung up" if self.bridge.stopped else "Twilio stream closed")
                 await _await_transcription(self.bridge, from_openai)
                 return None
@@ -253,8 +264,10 @@ class _CallLoops:
     async def _pump_openai(self, realtime: ClientConnection) -> None:
         """OpenAI → bridge → Twilio (and back to OpenAI for truncation), until it closes."""
         bridge = self.bridge
+        clock = time.perf_counter
         with contextlib.suppress(ConnectionClosed):
             async for data in realtime:
+                received_at = clock()
                 event = parse_server_event(data)
                 if event is None:
                     continue
@@ -267,7 +280,19 @@ class _CallLoops:
                 bridge.realtime_event(event)
                 for frame in bridge.data_to_twilio():
                     await self.socket.send_data(frame)
+                if bridge.first_audio_turn is not None:
+                    self._turn_answered(bridge.first_audio_turn, clock() - received_at)
+                    bridge.first_audio_turn = None
                 await self._send_openai()
+
+    def _turn_answered(self, turn: Turn, bridge_s: float) -> None:
+        turn.bridge_ms = round(bridge_s * 1000, 3)
+        if turn.latency_ms is not None:
+            self.metrics.turn_latency.observe(turn.latency_ms / 1000)
+            log.info(
+                "agent answered",
+                extra={"latency_ms": turn.latency_ms, "bridge_ms": turn.bridge_ms},
+            )
 
     async def _send_openai(self) -> None:
         frames = self.bridge.data_to_openai()
@@ -313,19 +338,33 @@ async def _close(socket: WebSocket[Any, Any, Any], code: int) -> None:
             await socket.close(code)
 
 
-async def _save_transcript(bridge: CallBridge, store: TranscriptStore) -> None:
+async def _finish(bridge: CallBridge, services: CallServices, outcome: str) -> None:
+    """Count the call and save its transcript (off the event loop)."""
     transcript = bridge.transcript
     if transcript is None:
         return
     record = transcript.to_record(ended_at=datetime.now(UTC))
+    record["outcome"] = outcome
+    record["cost"] = cost_record(
+        bridge.config.model, transcript.usage, services.settings.model_prices
+    )
+    services.metrics.call_finished(
+        outcome, transcript, bridge.frames_in, bridge.frames_out, record["cost"]["estimated_usd"]
+    )
     try:
-        where = await asyncio.to_thread(store.save, record)
+        where = await asyncio.to_thread(services.store.save, record)
     except Exception:
         log.exception("could not save the transcript")
         return
     log.info(
         "call ended; transcript saved",
-        extra={"turns": len(record["turns"]), "duration_s": record["duration_s"], "to": where},
+        extra={
+            "outcome": outcome,
+            "turns": len(record["turns"]),
+            "duration_s": record["duration_s"],
+            "cost_usd": record["cost"]["estimated_usd"],
+            "to": where,
+        },
     )
 
 
