@@ -80,6 +80,10 @@ class Settings(BaseSettings):
 
     model_prices: dict[str, dict[str, float]] | None = None
 
+    agent_tools: str | None = None
+    tool_timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0
+    transfer_number: str | None = None
+
     max_concurrent_calls: Annotated[int, Field(ge=1)] = 100
     max_call_seconds: Annotated[int, Field(ge=10)] = 7200
 

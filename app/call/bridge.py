@@ -13,8 +13,11 @@ import binascii
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 from app.call.playback import BYTES_PER_MS, PlaybackTracker
+from app.call.tools import END_CALL, TRANSFER_CALL
 from app.call.transcript import CallInfo, Transcript, Turn
 from app.realtime import events as rt
 from app.realtime.session import AgentConfig, greeting_instructions, session_update
@@ -37,6 +40,27 @@ MAX_GAP_FILL_MS = 10_000  # longer gaps are a stalled stream, not omitted silenc
 SEED_PREFIX = "vb_seed_"  # ids of the past turns we re-tell a new session
 HELD_AUDIO_FRAMES = 150  # caller audio kept while the Realtime session reconnects: 3 s
 _SILENCE = b"\xff"  # μ-law silence
+
+
+TIME_LIMIT_GOODBYE = (
+    "The call has reached its time limit. Tell the caller so in one short sentence and say goodbye."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRequest:
+    """A user tool the model called; the socket loop runs it off the audio path."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallAction:
+    """Something only Twilio's REST API can do to the call."""
+
+    kind: Literal["hang_up", "transfer"]
 
 
 class CallBridge:
@@ -69,6 +93,11 @@ class CallBridge:
         self._lost_at_ms: int | None = None
         self._turn_ended_at: float | None = None
         self.first_audio_turn: Turn | None = None
+        # Tools and call control.
+        self.tool_requests: list[ToolRequest] = []
+        self._response_wanted = False
+        self._action: CallAction | None = None
+        self._time_limit_reached = False
 
     # Output ----------------------------------------------------------------------
 
@@ -174,8 +203,10 @@ class CallBridge:
             self.playback.mark_played(message.mark.name, self._clock())
         elif isinstance(message, Stop):
             self.stopped = True
-        elif isinstance(message, Dtmf | Start):
-            raise MessageError(f"unexpected {type(message).__name__.lower()} message")
+        elif isinstance(message, Dtmf):
+            self._keypress(message.dtmf.digit)
+        elif isinstance(message, Start):
+            raise MessageError("unexpected second start message")
 
     def _media(self, media: MediaPayload) -> None:
         if media.track not in ("inbound", "inbound_track"):
@@ -197,6 +228,17 @@ class CallBridge:
             self._to_openai.append(frame)
         else:
             self._held_audio.append(frame)
+
+    def _keypress(self, digit: str) -> None:
+        """Keypad presses reach the model as input, and the transcript as a caller turn."""
+        if len(digit) != 1 or digit not in "0123456789*#ABCD":
+            raise MessageError(f"dtmf digit {digit!r}")
+        assert self.transcript is not None
+        turn = self.transcript.turn("caller", f"dtmf_{self.now_ms()}_{digit}", self.now_ms())
+        turn.text, turn.transcribed, turn.dtmf = f"(pressed {digit})", True, digit
+        if self._connected:
+            self._to_openai.append(rt.user_text(f"The caller pressed {digit} on the keypad."))
+            self._request_response()
 
     def _fill_gap(self, timestamp: str, size: int) -> None:
         """Twilio may omit silent frames; server VAD needs the silence to end a turn."""
@@ -245,6 +287,70 @@ class CallBridge:
         elif isinstance(event, rt.ResponseDone):
             self._responding = False
             self._count_usage(event.response, transcript)
+            if self._response_wanted:
+                self._response_wanted = False
+                self._request_response()
+        elif isinstance(event, rt.FunctionCallArgumentsDone):
+            self._function_call(event, transcript)
+
+    # Tools and call control --------------------------------------------------------
+
+    def _function_call(self, event: rt.FunctionCallArgumentsDone, transcript: Transcript) -> None:
+        transcript.note(
+            "tool_call",
+            self.now_ms(),
+            name=event.name,
+            arguments=event.arguments,
+            call_id=event.call_id,
+        )
+        if event.name == END_CALL:
+            self._action = CallAction("hang_up")
+            self.tool_result(event.call_id, event.name, '{"result": "the call ends now"}', False)
+        elif event.name == TRANSFER_CALL:
+            self._action = CallAction("transfer")
+            self.tool_result(event.call_id, event.name, '{"result": "transferring"}', False)
+        else:
+            self.tool_requests.append(ToolRequest(event.call_id, event.name, event.arguments))
+
+    def tool_result(self, call_id: str, name: str, output: str, respond: bool = True) -> None:
+        """A tool finished: the model gets its output and, usually, a turn to talk about it."""
+        assert self.transcript is not None
+        self.transcript.note(
+            "tool_result", self.now_ms(), name=name, output=output, call_id=call_id
+        )
+        if not self._connected:
+            return
+        self._to_openai.append(rt.function_output(call_id, output))
+        if respond:
+            self._request_response()
+
+    def _request_response(self) -> None:
+        """Ask for a response now, or right after the active one (the API refuses two)."""
+        if self._responding:
+            self._response_wanted = True
+        else:
+            self._to_openai.append(rt.create_response())
+            self._responding = True
+
+    def time_limit_reached(self) -> None:
+        """MAX_CALL_SECONDS: the agent says a short goodbye, then the call ends."""
+        if self._time_limit_reached or self.transcript is None:
+            return
+        self._time_limit_reached = True
+        self.transcript.note("time_limit", self.now_ms())
+        self._action = CallAction("hang_up")
+        if self._connected:
+            self._to_openai.append(rt.create_response(TIME_LIMIT_GOODBYE))
+            self._responding = True
+
+    def due_action(self) -> CallAction | None:
+        """The hang-up or transfer to carry out now: only once the agent's last words
+        (its goodbye, its "I'm transferring you") have been heard, per Twilio's marks."""
+        action = self._action
+        if action is None or self._responding or self.playback.playing:
+            return None
+        self._action = None
+        return action
 
     def _session_ms(self, audio_ms: int) -> int:
         """Call time of a position in the current session's input audio."""

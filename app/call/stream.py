@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from litestar import WebSocket
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from app.call.bridge import CallBridge
+from app.call.bridge import CallAction, CallBridge, ToolRequest
 from app.call.cost import cost_record
+from app.call.tools import Tool, run_tool
 from app.call.transcript import Turn
 from app.logs import call_sid_var
 from app.metrics import Metrics
@@ -46,6 +48,14 @@ NORMAL_CLOSURE = 1000
 POLICY_VIOLATION = 1008
 
 
+class CallControl(Protocol):
+    """What Twilio's REST API does for a call: blocking calls, run off the event loop."""
+
+    def hang_up(self, call_sid: str) -> None: ...
+
+    def transfer(self, call_sid: str, number: str) -> None: ...
+
+
 @dataclass
 class CallServices:
     """What every call shares: settings, the transcript store, stream tokens, live calls."""
@@ -55,6 +65,8 @@ class CallServices:
     tokens: StreamTokens
     metrics: Metrics
     active: set[str] = field(default_factory=set)
+    tools: dict[str, Tool] = field(default_factory=dict)
+    control: CallControl | None = None
     start_timeout_s: float = START_TIMEOUT_S
 
 
@@ -83,7 +95,8 @@ async def handle_media_stream(socket: WebSocket[Any, Any, Any], services: CallSe
         log.warning("rejected a media stream: %s", refusal)
         await _close(socket, POLICY_VIOLATION)
         return
-    bridge = CallBridge(AgentConfig.from_settings(services.settings))
+    schemas = tuple(tool.schema() for tool in services.tools.values())
+    bridge = CallBridge(AgentConfig.from_settings(services.settings, schemas))
     call = bridge.start(start)
     services.active.add(call.call_sid)
     log.info(
@@ -154,8 +167,10 @@ class _CallLoops:
         self.bridge = bridge
         self.settings = services.settings
         self.metrics = services.metrics
+        self.services = services
         self.realtime: ClientConnection | None = None
         self.outcome = "stream_closed"
+        self._tool_tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         from_twilio = asyncio.create_task(self._pump_twilio())
@@ -186,6 +201,8 @@ class _CallLoops:
                 self.bridge.session_lost(reason)
         finally:
             await _cancel(from_twilio)
+            for task in list(self._tool_tasks):
+                await _cancel(task)
 
     async def _connect(self, deadline: float) -> ClientConnection | None:
         """Open a Realtime session, retrying with backoff until `deadline`; None when
@@ -236,6 +253,9 @@ class _CallLoops:
         settings = self.settings
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
+            if self.bridge.now_ms() >= settings.max_call_seconds * 1000:
+                self.bridge.time_limit_reached()
+                await self._send_openai()
             if self.bridge.stalled(settings.realtime_stall_timeout_s):
                 return "stalled"
             if self.bridge.due_for_rollover(settings.realtime_session_max_s):
@@ -260,6 +280,7 @@ class _CallLoops:
                 continue
             with contextlib.suppress(ConnectionClosed):  # the session loop notices the drop
                 await self._send_openai()
+            self._act()
 
     async def _pump_openai(self, realtime: ClientConnection) -> None:
         """OpenAI → bridge → Twilio (and back to OpenAI for truncation), until it closes."""
@@ -284,6 +305,55 @@ class _CallLoops:
                     self._turn_answered(bridge.first_audio_turn, clock() - received_at)
                     bridge.first_audio_turn = None
                 await self._send_openai()
+                if bridge.tool_requests:
+                    self._run_tools()
+                self._act()
+
+    def _run_tools(self) -> None:
+        """User tools run as their own tasks: the audio keeps flowing meanwhile."""
+        for request in self.bridge.tool_requests:
+            task = asyncio.create_task(self._run_tool(request))
+            self._tool_tasks.add(task)
+            task.add_done_callback(self._tool_tasks.discard)
+        self.bridge.tool_requests.clear()
+
+    async def _run_tool(self, request: ToolRequest) -> None:
+        tool = self.services.tools.get(request.name)
+        if tool is None:
+            output = json.dumps({"error": f"there is no tool called {request.name!r}"})
+        else:
+            output = await run_tool(tool, request.arguments, self.settings.tool_timeout_s)
+        log.info("tool %s returned", request.name, extra={"tool_call_id": request.call_id})
+        self.bridge.tool_result(request.call_id, request.name, output)
+        with contextlib.suppress(ConnectionClosed):
+            await self._send_openai()
+
+    def _act(self) -> None:
+        """Carry out a hang-up or transfer once the agent's last words were heard."""
+        action = self.bridge.due_action()
+        if action is None:
+            return
+        task = asyncio.create_task(self._control(action))
+        self._tool_tasks.add(task)
+        task.add_done_callback(self._tool_tasks.discard)
+
+    async def _control(self, action: CallAction) -> None:
+        call_sid = self.bridge.transcript.call.call_sid if self.bridge.transcript else ""
+        control = self.services.control
+        self.outcome = "transferred" if action.kind == "transfer" else "ended_by_agent"
+        if control is None:
+            log.warning("no Twilio REST credentials: ending the stream instead of %s", action.kind)
+            await _close(self.socket, NORMAL_CLOSURE)
+            return
+        try:
+            if action.kind == "transfer":
+                number = self.settings.transfer_number or ""
+                await asyncio.to_thread(control.transfer, call_sid, number)
+            else:
+                await asyncio.to_thread(control.hang_up, call_sid)
+        except Exception as error:
+            log.error("Twilio could not %s the call: %s", action.kind.replace("_", " "), error)
+            await _close(self.socket, NORMAL_CLOSURE)
 
     def _turn_answered(self, turn: Turn, bridge_s: float) -> None:
         turn.bridge_ms = round(bridge_s * 1000, 3)

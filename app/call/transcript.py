@@ -27,9 +27,12 @@ class Turn:
     transcribed: bool = False
     latency_ms: int | None = None  # caller's turn end (VAD) → first agent audio to Twilio
     bridge_ms: float | None = None  # of which spent in this bridge
+    dtmf: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         turn: dict[str, Any] = {"role": self.role, "text": self.text, "start_ms": self.start_ms}
+        if self.dtmf is not None:
+            turn["dtmf"] = self.dtmf
         if self.latency_ms is not None:
             turn["latency_ms"] = self.latency_ms
             turn["bridge_ms"] = self.bridge_ms
