@@ -9,6 +9,7 @@ from litestar import Litestar, MediaType, Request, WebSocket, get, post, websock
 from litestar.exceptions import PermissionDeniedException
 
 from app.call.stream import CallServices, handle_media_stream
+from app.call.tools import Tool, ToolsError, builtin_tools, load_tools
 from app.metrics import CONTENT_TYPE, Metrics
 from app.settings import Settings, SettingsError, load_settings
 from app.storage.base import TranscriptStore
@@ -24,6 +25,14 @@ APOLOGY = (
     "Sorry, we're having trouble connecting you to our assistant right now. "
     "Please try again in a moment. Goodbye."
 )
+
+
+def _tools(settings: Settings) -> list[Tool]:
+    try:
+        custom = load_tools(settings.agent_tools) if settings.agent_tools else []
+    except ToolsError as error:
+        raise SettingsError([("AGENT_TOOLS", str(error))]) from None
+    return builtin_tools(settings.transfer_number) + custom
 
 
 def create_app(settings: Settings | None = None, store: TranscriptStore | None = None) -> Litestar:
@@ -44,6 +53,7 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
         StreamTokens(settings.stream_signing_key(), settings.stream_token_ttl_s),
         Metrics(lambda: len(active)),
         active,
+        tools={tool.name: tool for tool in _tools(settings)},
     )
 
     async def twilio_form(request: Request[Any, Any, Any]) -> dict[str, str]:

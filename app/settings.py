@@ -130,7 +130,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with AC")
         return value or None
 
-    @field_validator("twilio_phone_number")
+    @field_validator("twilio_phone_number", "transfer_number")
     @classmethod
     def _e164(cls, value: str | None) -> str | None:
         if value and not (value.startswith("+") and value[1:].isdigit()):
