@@ -17,6 +17,8 @@ safe and, when everything is already right, changes nothing:
 7. TRANSCRIPT_RETENTION_DAYS becomes the bucket's lifecycle rule
    (`voicebridge transcripts retention` on a machine: only machines hold the bucket keys).
 
+Output marks: `ok` already right, `+` changed, `=` re-applied (a PUT of the same
+value: idempotent, cheap, and it repairs a change made by hand), `-` skipped, `!` look.
 No secret value is ever printed: only names.
 """
 
@@ -149,7 +151,7 @@ class Deployment:
             return
         url = self.options.webhook_url
         dry = " [dry run: not done]" if self.options.dry_run else ""
-        self.say("+", f"point {env['TWILIO_PHONE_NUMBER']} at {url}{dry}")
+        self.say("=", f"point {env['TWILIO_PHONE_NUMBER']} at {url}{dry}")
         if dry:
             return
         command = [*self.options.voicebridge, "twilio", "point-number", url]
@@ -167,11 +169,14 @@ class Deployment:
         self.change(
             ["ssh", "console", "--app", self.options.app, "--command", command],
             f"expire transcripts after {days} days (bucket lifecycle rule)",
+            mark="=",
         )
 
-    def change(self, args: list[str], description: str, *, shown: str | None = None) -> None:
+    def change(
+        self, args: list[str], description: str, *, shown: str | None = None, mark: str = "+"
+    ) -> None:
         """Announce a change, then make it unless this is a dry run."""
-        self.say("+", description + (" [dry run: not done]" if self.options.dry_run else ""))
+        self.say(mark, description + (" [dry run: not done]" if self.options.dry_run else ""))
         if not self.options.dry_run:
             self.fly.change(args, shown=shown or " ".join(args[:2]))
 
