@@ -30,7 +30,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from infra.envfile import NOT_STAGED, changed_secrets, secrets_to_stage
+from infra.envfile import NOT_STAGED, changed_secrets
 from infra.fly import Fly, FlyError, field, names
 from infra.options import DeployError, Options, parse_options
 
@@ -95,10 +95,8 @@ class Deployment:
     def stage_secrets(self, app_exists: bool) -> bool:
         """Stage every secret whose value Fly lacks, in one call; whether any was staged."""
         options = self.options
-        desired, skipped = secrets_to_stage(
-            options.env, config_env=options.config_env, public_base_url=options.public_base_url
-        )
-        for name, reason in sorted(skipped.items()):
+        desired = options.secrets
+        for name, reason in sorted(options.skipped.items()):
             self.say("-", f"{name} not staged: {reason}")
         digests: dict[str, str] = {}
         if app_exists:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.envfile import read_env_file
+from app.settings import SettingsError, load_settings
+from infra.envfile import read_env_file, secrets_to_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 PLACEHOLDER_APP = "voicebridge-change-me"
@@ -38,8 +39,9 @@ class Options:
     bucket: str
     public_base_url: str
     env: dict[str, str]
+    secrets: dict[str, str]
+    skipped: dict[str, str]
     config: Path
-    config_env: dict[str, str]
     image_label: str | None
     retention_days: int | None
     voicebridge: list[str]
@@ -63,19 +65,22 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     if not env_file.is_file():
         raise DeployError(f"no {env_file}: copy .env.example to .env and fill it in")
     env = read_env_file(env_file)
-    if not env.get("OPENAI_API_KEY", "").strip():
-        raise DeployError(f"OPENAI_API_KEY is not set in {env_file}: the server cannot start")
     config: Path = args.config
     fly_toml = _read_toml(config)
+    config_env = {str(k): str(v) for k, v in fly_toml.get("env", {}).items()}
     app = _app_name(args.app, env, fly_toml)
+    public_base_url = (args.public_url or f"https://{app}.fly.dev").rstrip("/")
+    secrets, skipped = secrets_to_stage(env, config_env=config_env, public_base_url=public_base_url)
+    check_production_settings({**config_env, **secrets})
     return Options(
         app=app,
         org=args.org or env.get("FLY_ORG") or "personal",
         bucket=args.bucket or env.get("FLY_BUCKET") or f"{app}-transcripts",
-        public_base_url=(args.public_url or f"https://{app}.fly.dev").rstrip("/"),
+        public_base_url=public_base_url,
         env=env,
+        secrets=secrets,
+        skipped=skipped,
         config=config,
-        config_env={str(k): str(v) for k, v in fly_toml.get("env", {}).items()},
         image_label=args.image_label or image_label(config.parent),
         retention_days=_retention_days(env.get("TRANSCRIPT_RETENTION_DAYS")),
         voicebridge=args.voicebridge.split(),
@@ -83,6 +88,20 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         dry_run=args.dry_run,
         force_deploy=args.force_deploy,
     )
+
+
+def check_production_settings(values: dict[str, str]) -> None:
+    """Fail now if the machines could not start with these values (fly.toml's [env] plus
+    the secrets), using the app's own validation; the bucket keys come later."""
+    try:
+        settings = load_settings(
+            _env_file=None, **{name.lower(): value for name, value in values.items()}
+        )
+        problems = settings.serving_problems()
+        if problems:
+            raise SettingsError(problems)
+    except SettingsError as error:
+        raise DeployError(f"production settings are not valid:\n{error}") from None
 
 
 def image_label(root: Path) -> str | None:

@@ -151,6 +151,7 @@ def server(runtime_venv: Path, tmp_path: Path) -> Iterator[tuple[int, subprocess
         "PATH": f"{runtime_venv / 'bin'}:/usr/bin:/bin",
         "HOME": str(tmp_path),
         "OPENAI_API_KEY": "sk-test",
+        "TWILIO_AUTH_TOKEN": "test-token",  # required: webhooks are signature-checked
         "PORT": str(port),
     }
     process = subprocess.Popen(

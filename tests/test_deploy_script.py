@@ -227,10 +227,16 @@ def test_the_app_must_be_named(stand: Stand) -> None:
     assert run.fly == []
 
 
-def test_no_twilio_credentials_skips_the_number(stand: Stand) -> None:
-    stand.env_file.write_text(
-        "\n".join(line for line in ENV_FILE.splitlines() if not line.startswith("TWILIO_"))
-    )
+def test_no_twilio_number_skips_pointing_it(stand: Stand) -> None:
+    stand.env_file.write_text(ENV_FILE.replace("TWILIO_PHONE_NUMBER=", "# TWILIO_PHONE_NUMBER="))
     run = deploy(stand)
     assert run.voicebridge == []
-    assert "Twilio number not pointed" in run.output
+    assert "Twilio number not pointed: set TWILIO_PHONE_NUMBER" in run.output
+
+
+def test_settings_the_server_would_refuse_stop_it_before_any_fly_call(stand: Stand) -> None:
+    stand.env_file.write_text(ENV_FILE.replace("TWILIO_AUTH_TOKEN=", "# TWILIO_AUTH_TOKEN="))
+    run = stand.run("--app", APP)
+    assert run.code == 1
+    assert "TWILIO_AUTH_TOKEN" in run.output and "not set" in run.output
+    assert run.fly == []

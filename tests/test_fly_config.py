@@ -73,7 +73,7 @@ def test_internal_port_is_the_containers_port(fly: dict[str, Any]) -> None:
 def test_health_checks_hit_a_route_the_app_serves(fly: dict[str, Any]) -> None:
     checks = fly["http_service"]["checks"]
     assert checks, "at least one [[http_service.checks]]"
-    app = create_app(load_settings(openai_api_key="sk-x", _env_file=None))
+    app = create_app(load_settings(openai_api_key="sk-x", twilio_auth_token="t", _env_file=None))
     with TestClient(app) as client:
         for check in checks:
             assert check.get("method", "GET").upper() == "GET"
@@ -100,6 +100,9 @@ def test_machines_stay_up_and_deploys_roll(fly: dict[str, Any]) -> None:
     concurrency = service["concurrency"]
     assert concurrency["type"] == "connections"
     assert 0 < concurrency["soft_limit"] < concurrency["hard_limit"]
+    field = Settings.model_fields.get("max_concurrent_calls")
+    app_cap = int(fly["env"].get("MAX_CONCURRENT_CALLS", field.default if field else 10**6))
+    assert concurrency["hard_limit"] <= app_cap, "the proxy must route around a full machine"
     assert fly["deploy"]["strategy"] == "rolling"
     assert (ROOT / fly["build"]["dockerfile"]).is_file()
 
@@ -110,4 +113,6 @@ def test_env_holds_valid_settings_and_no_secret(
     assert not set(fly["env"]) & set(SECRET_NAMES)
     for name, value in fly["env"].items():
         monkeypatch.setenv(name, value)
-    load_settings(openai_api_key="sk-x", _env_file=None)  # raises SettingsError if invalid
+    load_settings(
+        openai_api_key="sk-x", twilio_auth_token="t", _env_file=None
+    )  # raises SettingsError if invalid
