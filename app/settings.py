@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     stream_token_secret: SecretStr | None = None
     stream_token_ttl_s: Annotated[int, Field(ge=10, le=3600)] = 300
 
+    realtime_reconnect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    realtime_stall_timeout_s: Annotated[float, Field(gt=0, le=120)] = 8.0
+    realtime_session_max_s: Annotated[float, Field(gt=0, le=3600)] = 55 * 60
+
     max_concurrent_calls: Annotated[int, Field(ge=1)] = 100
     max_call_seconds: Annotated[int, Field(ge=10)] = 7200
 

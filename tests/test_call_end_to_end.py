@@ -144,20 +144,6 @@ async def test_barge_in_clears_playback_and_truncates_to_what_was_heard(
     assert record["turns"][2]["text"] == audio.text("caller_interrupt")
 
 
-async def test_openai_ending_the_session_closes_the_twilio_stream(
-    realtime: RealtimeDouble, make_settings: Callable[..., Settings]
-) -> None:
-    realtime.drop_after_s = 1.0
-    settings = make_settings(agent_greeting="")
-    async with serve(create_app(settings)) as server:
-        caller = await call(server)
-        async with caller:
-            code = await caller.wait_closed(timeout=5)
-        assert caller.closed_by == "server"
-        assert code == 1000
-    assert len(saved_transcripts(settings)) == 1
-
-
 async def test_hang_up_closes_the_openai_socket_within_a_second(
     realtime: RealtimeDouble, make_settings: Callable[..., Settings]
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
+from collections import deque
 from collections.abc import Callable
 
 from app.call.playback import BYTES_PER_MS, PlaybackTracker
@@ -33,6 +34,8 @@ from app.telephony.messages import (
 FRAME_MS = 20
 MAX_FRAME_BYTES = 1600  # 200 ms; Twilio sends 20 ms frames, anything far larger is not audio
 MAX_GAP_FILL_MS = 10_000  # longer gaps are a stalled stream, not omitted silence
+SEED_PREFIX = "vb_seed_"  # ids of the past turns we re-tell a new session
+HELD_AUDIO_FRAMES = 150  # caller audio kept while the Realtime session reconnects: 3 s
 _SILENCE = b"\xff"  # μ-law silence
 
 
@@ -54,6 +57,16 @@ class CallBridge:
         self.stopped = False
         self.frames_in = 0
         self.frames_out = 0
+        # Realtime session state: several sessions may serve one call (reconnects, rollover).
+        self.sessions = 0
+        self.session_healthy = False
+        self._connected = False
+        self._session_started_at = 0.0
+        self._held_audio: deque[str] = deque(maxlen=HELD_AUDIO_FRAMES)
+        self._awaiting_since: float | None = None
+        self._responding = False
+        self._caller_speaking = False
+        self._lost_at_ms: int | None = None
 
     # Output ----------------------------------------------------------------------
 
@@ -73,7 +86,7 @@ class CallBridge:
     # Twilio side -----------------------------------------------------------------
 
     def start(self, message: Start) -> CallInfo:
-        """The stream started: set up the call and queue the session configuration."""
+        """The stream started: set up the call; the Realtime session is opened next."""
         info = message.start
         params = info.custom_parameters
         call = CallInfo(
@@ -86,11 +99,66 @@ class CallBridge:
         self.transcript = Transcript(call)
         self._writer = StreamWriter(call.stream_sid)
         self._started_at = self._clock()
-        self._to_openai.append(session_update(self.config))
-        if self.config.greeting:
-            instructions = greeting_instructions(self.config.greeting)
-            self._to_openai.append(rt.create_response(instructions))
         return call
+
+    # Realtime sessions -----------------------------------------------------------
+
+    def session_opened(self) -> None:
+        """A Realtime socket is open: configure it; a replacement session is re-seeded
+        with the conversation so far and gets the caller audio held during the gap."""
+        assert self.transcript is not None
+        now = self._clock()
+        self.sessions += 1
+        self._connected = True
+        self.session_healthy = False
+        self._session_started_at = now
+        self._responding = self._caller_speaking = False
+        self._to_openai.append(session_update(self.config))
+        self._awaiting_since = now
+        if not self.transcript.turns:
+            if self.config.greeting:  # nothing said yet: the agent opens the call
+                instructions = greeting_instructions(self.config.greeting)
+                self._to_openai.append(rt.create_response(instructions))
+        else:
+            for n, turn in enumerate(self.transcript.spoken_turns()):
+                item_id = f"{SEED_PREFIX}{self.sessions}_{n}"
+                self._to_openai.append(rt.conversation_message(item_id, turn.role, turn.text))
+            gap_ms = self.now_ms() - (self._lost_at_ms or 0)
+            self.transcript.note("realtime_reconnected", self.now_ms(), gap_ms=gap_ms)
+            self._to_openai.extend(self._held_audio)
+        self._held_audio.clear()
+
+    def session_lost(self, reason: str) -> None:
+        """The Realtime socket is gone; caller audio is held (bounded) until the next one."""
+        if not self._connected:
+            return
+        assert self.transcript is not None
+        self._connected = False
+        self._awaiting_since = None
+        self._lost_at_ms = self.now_ms()
+        self._to_openai.clear()
+        self.transcript.note("realtime_lost", self._lost_at_ms, reason=reason)
+
+    def give_up(self) -> None:
+        """No Realtime session could be had: the call ends, and the transcript says why."""
+        assert self.transcript is not None
+        self.transcript.note("realtime_unavailable", self.now_ms())
+
+    def stalled(self, timeout_s: float) -> bool:
+        """The session owes us an answer (to a session.update or a turn) for too long."""
+        since = self._awaiting_since
+        return since is not None and self._clock() - since > timeout_s
+
+    def due_for_rollover(self, max_session_s: float) -> bool:
+        """The session is near its lifetime limit and the conversation is at a pause, so
+        moving to a fresh session now cuts nobody off."""
+        return (
+            self._connected
+            and self._clock() - self._session_started_at >= max_session_s
+            and not self._responding
+            and not self._caller_speaking
+            and not self.playback.playing
+        )
 
     def twilio_message(self, message: TwilioMessage | UnknownEvent) -> None:
         """Handle one message from Twilio after `start`.
@@ -120,7 +188,13 @@ class CallBridge:
         if media.timestamp:
             self._fill_gap(media.timestamp, size)
         self.frames_in += 1
-        self._to_openai.append(rt.append_audio(payload))
+        self._to_realtime_audio(rt.append_audio(payload))
+
+    def _to_realtime_audio(self, frame: str) -> None:
+        if self._connected:
+            self._to_openai.append(frame)
+        else:
+            self._held_audio.append(frame)
 
     def _fill_gap(self, timestamp: str, size: int) -> None:
         """Twilio may omit silent frames; server VAD needs the silence to end a turn."""
@@ -135,7 +209,7 @@ class CallBridge:
         gap_ms = at - expected
         if FRAME_MS <= gap_ms <= MAX_GAP_FILL_MS:
             silence = base64.b64encode(_SILENCE * (gap_ms * BYTES_PER_MS)).decode()
-            self._to_openai.append(rt.append_audio(silence))
+            self._to_realtime_audio(rt.append_audio(silence))
 
     # Realtime side ---------------------------------------------------------------
 
@@ -144,12 +218,20 @@ class CallBridge:
         transcript = self.transcript
         if transcript is None:
             return
+        self._awaiting_since = None  # any event proves the session is alive
+        self.session_healthy = True
         if isinstance(event, rt.AudioDelta):
             self._agent_audio(event, transcript)
         elif isinstance(event, rt.SpeechStarted):
-            transcript.turn("caller", event.item_id, event.audio_start_ms)
+            self._caller_speaking = True
+            transcript.turn("caller", event.item_id, self._session_ms(event.audio_start_ms))
             if self.playback.playing:
                 self._barge_in(transcript)
+        elif isinstance(event, rt.SpeechStopped):
+            self._caller_speaking = False
+            self._awaiting_since = self._clock()  # server VAD will create a response
+        elif isinstance(event, rt.ResponseCreated):
+            self._responding = True
         elif isinstance(event, rt.InputTranscriptCompleted):
             transcript.caller_said(event.item_id, event.transcript, self.now_ms())
         elif isinstance(event, rt.InputTranscriptFailed):
@@ -159,7 +241,12 @@ class CallBridge:
         elif isinstance(event, rt.ItemAdded | rt.ItemCreated):
             self._item_added(event.item, transcript)
         elif isinstance(event, rt.ResponseDone):
+            self._responding = False
             self._count_usage(event.response, transcript)
+
+    def _session_ms(self, audio_ms: int) -> int:
+        """Call time of a position in the current session's input audio."""
+        return int((self._session_started_at - self._started_at) * 1000) + audio_ms
 
     def _agent_audio(self, event: rt.AudioDelta, transcript: Transcript) -> None:
         item_id = event.item_id
@@ -181,11 +268,12 @@ class CallBridge:
         now_ms = self.now_ms()
         for cut in self.playback.interrupt(self._clock()):
             self._cut_items.add(cut.item_id)
-            self._to_openai.append(rt.truncate(cut.item_id, cut.heard_ms))
+            if self._connected:
+                self._to_openai.append(rt.truncate(cut.item_id, cut.heard_ms))
             transcript.agent_cut(cut.item_id, cut.heard_ms, cut.produced_ms, now_ms)
 
     def _item_added(self, item: rt.Item, transcript: Transcript) -> None:
-        if item.type != "message":
+        if item.type != "message" or item.id.startswith(SEED_PREFIX):
             return
         if item.role == "user":
             transcript.turn("caller", item.id, self.now_ms())

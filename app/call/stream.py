@@ -35,6 +35,7 @@ log = logging.getLogger("voicebridge.call")
 
 START_TIMEOUT_S = 10.0
 TRANSCRIPTION_GRACE_S = 0.8  # after hang-up, wait this long at most for the last caller text
+WATCH_INTERVAL_S = 0.25
 
 
 NORMAL_CLOSURE = 1000
@@ -85,7 +86,7 @@ async def handle_media_stream(socket: WebSocket[Any, Any, Any], services: CallSe
         extra={"direction": call.direction, "from_": call.from_number, "to": call.to_number},
     )
     try:
-        await _bridge_call(socket, bridge, services.settings)
+        await _CallLoops(socket, bridge, services.settings).run()
     finally:
         services.active.discard(call.call_sid)
         await _close(socket, NORMAL_CLOSURE)
@@ -135,77 +136,150 @@ async def _receive_start(socket: WebSocket[Any, Any, Any]) -> Start | None:
             log.warning("ignoring %s message before start", _event_name(message))
 
 
-async def _bridge_call(
-    socket: WebSocket[Any, Any, Any], bridge: CallBridge, settings: Settings
-) -> None:
-    try:
-        realtime = await connect_realtime(settings)
-    except (OSError, TimeoutError, InvalidHandshake) as error:
-        detail = f"HTTP {error.response.status_code}" if isinstance(error, InvalidStatus) else error
-        log.error("could not open the OpenAI Realtime session: %s", detail)
-        return
-    try:
-        await _send_openai(realtime, bridge)
-        from_twilio = asyncio.create_task(_pump_twilio(socket, realtime, bridge))
-        from_openai = asyncio.create_task(_pump_openai(socket, realtime, bridge))
-        await asyncio.wait({from_twilio, from_openai}, return_when=asyncio.FIRST_COMPLETED)
-        if from_twilio.done():
-            log.info("caller hung up" if bridge.stopped else "Twilio stream closed")
-            await _await_transcription(bridge, from_openai)
-        else:
-            log.info("OpenAI session ended")
-        for task in (from_twilio, from_openai):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                await task
-    finally:
-        await realtime.close()
+class _CallLoops:
+    """The socket loops of one call. Twilio's stream lives for the whole call; Realtime
+    sessions come and go under it (reconnects after a drop or stall, rollover before the
+    session lifetime limit), each re-seeded by the bridge with the conversation so far."""
 
+    def __init__(
+        self, socket: WebSocket[Any, Any, Any], bridge: CallBridge, settings: Settings
+    ) -> None:
+        self.socket = socket
+        self.bridge = bridge
+        self.settings = settings
+        self.realtime: ClientConnection | None = None
 
-async def _pump_twilio(
-    socket: WebSocket[Any, Any, Any], realtime: ClientConnection, bridge: CallBridge
-) -> None:
-    """Twilio → bridge → OpenAI, until `stop` or the socket closes."""
-    warned: set[str] = set()
-    while not bridge.stopped:
-        text = await _receive_text(socket)
-        if text is None:
-            return
+    async def run(self) -> None:
+        from_twilio = asyncio.create_task(self._pump_twilio())
+        loop = asyncio.get_running_loop()
+        outage_since = loop.time()
         try:
-            message = parse_message(text)
-            if isinstance(message, UnknownEvent):
-                _warn_once(warned, message.event, "ignoring unknown Twilio event %r", message.event)
-                continue
-            bridge.twilio_message(message)
-        except MessageError as error:
-            _warn_once(warned, str(error), "bad message from Twilio: %s", error)
-            continue
-        await _send_openai(realtime, bridge)
+            while not from_twilio.done():
+                deadline = outage_since + self.settings.realtime_reconnect_timeout_s
+                realtime = await self._connect(deadline)
+                if realtime is None:
+                    log.error("giving up on OpenAI Realtime; ending the call")
+                    self.bridge.give_up()
+                    break
+                self.realtime = realtime
+                self.bridge.session_opened()
+                try:
+                    await self._send_openai()
+                    reason = await self._serve_session(realtime, from_twilio)
+                finally:
+                    self.realtime = None
+                    await realtime.close()
+                if reason is None:
+                    break
+                if self.bridge.session_healthy:
+                    outage_since = loop.time()  # a working session resets the outage clock
+                log.warning("Realtime session lost (%s); opening a new one", reason)
+                self.bridge.session_lost(reason)
+        finally:
+            await _cancel(from_twilio)
 
+    async def _connect(self, deadline: float) -> ClientConnection | None:
+        """Open a Realtime session, retrying with backoff until `deadline`; None when
+        OpenAI stays unreachable (the caller then hears the apology, not silence)."""
+        loop = asyncio.get_running_loop()
+        delay = 0.2
+        while True:
+            try:
+                return await connect_realtime(self.settings)
+            except InvalidStatus as error:
+                status = error.response.status_code
+                log.error("OpenAI refused the Realtime session: HTTP %d", status)
+                if status in (401, 403, 404):
+                    return None  # a wrong key or model does not get better by retrying
+            except (OSError, TimeoutError, InvalidHandshake) as error:
+                log.error("could not reach OpenAI Realtime: %s", error)
+            if self.bridge.stopped or loop.time() + delay > deadline:
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
-async def _pump_openai(
-    socket: WebSocket[Any, Any, Any], realtime: ClientConnection, bridge: CallBridge
-) -> None:
-    """OpenAI → bridge → Twilio (and back to OpenAI for truncation), until it closes."""
-    async for data in realtime:
-        event = parse_server_event(data)
-        if event is None:
-            continue
-        if isinstance(event, Error):
-            log.warning(
-                "OpenAI error: %s",
-                event.error.message,
-                extra={"code": event.error.code, "type": event.error.type},
+    async def _serve_session(
+        self, realtime: ClientConnection, from_twilio: asyncio.Task[None]
+    ) -> str | None:
+        """Bridge until the call ends (None) or the session must be replaced (the reason)."""
+        from_openai = asyncio.create_task(self._pump_openai(realtime))
+        watchdog = asyncio.create_task(self._watch_session())
+        try:
+            await asyncio.wait(
+                {from_twilio, from_openai, watchdog}, return_when=asyncio.FIRST_COMPLETED
             )
-        bridge.realtime_event(event)
-        for frame in bridge.data_to_twilio():
-            await socket.send_data(frame)
-        await _send_openai(realtime, bridge)
+            if from_twilio.done():
+                log.info("caller hung up" if self.bridge.stopped else "Twilio stream closed")
+                await _await_transcription(self.bridge, from_openai)
+                return None
+            if watchdog.done():
+                return watchdog.result()
+            return f"closed with code {realtime.close_code}"
+        finally:
+            await _cancel(from_openai)
+            await _cancel(watchdog)
+
+    async def _watch_session(self) -> str:
+        """Returns why the current session should be replaced: it stalled, or it is near
+        its lifetime limit and the conversation is at a pause."""
+        settings = self.settings
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            if self.bridge.stalled(settings.realtime_stall_timeout_s):
+                return "stalled"
+            if self.bridge.due_for_rollover(settings.realtime_session_max_s):
+                return "rollover"
+
+    async def _pump_twilio(self) -> None:
+        """Twilio → bridge → OpenAI, until `stop` or the socket closes."""
+        bridge = self.bridge
+        warned: set[str] = set()
+        while not bridge.stopped:
+            text = await _receive_text(self.socket)
+            if text is None:
+                return
+            try:
+                message = parse_message(text)
+                if isinstance(message, UnknownEvent):
+                    _warn_once(warned, message.event, "ignoring Twilio event %r", message.event)
+                    continue
+                bridge.twilio_message(message)
+            except MessageError as error:
+                _warn_once(warned, str(error), "bad message from Twilio: %s", error)
+                continue
+            with contextlib.suppress(ConnectionClosed):  # the session loop notices the drop
+                await self._send_openai()
+
+    async def _pump_openai(self, realtime: ClientConnection) -> None:
+        """OpenAI → bridge → Twilio (and back to OpenAI for truncation), until it closes."""
+        bridge = self.bridge
+        with contextlib.suppress(ConnectionClosed):
+            async for data in realtime:
+                event = parse_server_event(data)
+                if event is None:
+                    continue
+                if isinstance(event, Error):
+                    log.warning(
+                        "OpenAI error: %s",
+                        event.error.message,
+                        extra={"code": event.error.code, "type": event.error.type},
+                    )
+                bridge.realtime_event(event)
+                for frame in bridge.data_to_twilio():
+                    await self.socket.send_data(frame)
+                await self._send_openai()
+
+    async def _send_openai(self) -> None:
+        frames = self.bridge.data_to_openai()
+        if self.realtime is not None:
+            for frame in frames:
+                await self.realtime.send(frame)
 
 
-async def _send_openai(realtime: ClientConnection, bridge: CallBridge) -> None:
-    for frame in bridge.data_to_openai():
-        await realtime.send(frame)
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _await_transcription(bridge: CallBridge, from_openai: asyncio.Task[None]) -> None:

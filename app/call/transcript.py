@@ -65,7 +65,7 @@ class Transcript:
         self.call = call
         self._turns: dict[str, Turn] = {}
         self.usage = TokenUsage()
-        self.notes: list[str] = []
+        self.events: list[dict[str, Any]] = []
 
     def turn(self, role: Role, item_id: str, start_ms: int) -> Turn:
         """The turn for `item_id`, created at `start_ms` if this is its first mention."""
@@ -87,6 +87,14 @@ class Transcript:
         turn.interrupted = True
         turn.heard_ms = heard_ms
         turn.spoken_ms = spoken_ms
+
+    def note(self, kind: str, at_ms: int, **details: Any) -> None:
+        """Record something that happened to the call itself (a reconnect, a time limit…)."""
+        self.events.append({"type": kind, "at_ms": at_ms, **details})
+
+    def spoken_turns(self) -> list[Turn]:
+        """Turns with words in them, for re-seeding a new Realtime session."""
+        return [turn for turn in self._turns.values() if turn.text]
 
     @property
     def untranscribed_caller_turns(self) -> int:
@@ -123,7 +131,7 @@ class Transcript:
                 "output_text_tokens": self.usage.output_text_tokens,
                 "responses": self.usage.responses,
             },
-            "notes": self.notes,
+            "events": self.events,
         }
 
 
