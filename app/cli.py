@@ -69,24 +69,13 @@ def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from app.logs import configure_logging
     from app.main import create_app
+    from app.server import run
 
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings)
-    port = args.port or int(os.environ.get("PORT", "8080"))
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=port,
-        log_config=None,
-        ws_max_size=64 * 1024,  # Twilio frames are ~300 bytes; a flood is refused early
-        proxy_headers=True,
-        forwarded_allow_ips="*",
-    )
+    run(create_app(settings), settings, args.host, args.port or int(os.environ.get("PORT", "8080")))
     return 0
 
 

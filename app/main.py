@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from litestar import Litestar, MediaType, Request, WebSocket, get, post, websocket
+from litestar import Litestar, MediaType, Request, Response, WebSocket, get, post, websocket
 from litestar.exceptions import PermissionDeniedException
 
 from app.call.stream import CallServices, handle_media_stream
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
             "TWILIO_VALIDATE_SIGNATURES=false: anyone can call the webhooks and open streams. "
             "Use this for local experiments only."
         )
-    active: set[str] = set()
+    active: dict[str, Any] = {}
     services = CallServices(
         settings,
         store or LocalTranscriptStore(settings.transcripts_dir),
@@ -89,6 +89,9 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
         if stream_url is None:
             log.error("PUBLIC_BASE_URL is not set: cannot tell Twilio where to stream")
             return twiml.say_and_hang_up(NOT_CONFIGURED)
+        if services.draining:
+            log.warning("draining: turning a new call away")
+            return twiml.say_and_hang_up(ALL_LINES_BUSY)
         if len(services.active) >= settings.max_concurrent_calls:
             log.warning("all lines busy (%d calls): turning a call away", len(services.active))
             return twiml.say_and_hang_up(ALL_LINES_BUSY)
@@ -120,8 +123,11 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
         return services.metrics.exposition()
 
     @get("/healthz", media_type=MediaType.JSON)
-    async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "active_calls": len(services.active)}
+    async def healthz() -> Response[dict[str, Any]]:
+        """503 while draining, so the proxy sends new calls to other machines."""
+        status = "draining" if services.draining else "ok"
+        body = {"status": status, "active_calls": len(services.active)}
+        return Response(body, status_code=503 if services.draining else 200)
 
     app = Litestar(
         route_handlers=[voice_webhook, stream_ended, media_stream, metrics, healthz], debug=False

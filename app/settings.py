@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     tool_timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0
     transfer_number: str | None = None
 
+    drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 120.0
+
     max_concurrent_calls: Annotated[int, Field(ge=1)] = 100
     max_call_seconds: Annotated[int, Field(ge=10)] = 7200
 
