@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
@@ -22,12 +23,26 @@ from twilio.rest import Client
 from app.settings import TwilioSettings
 
 API_TIMEOUT_S = 15.0
+VOICE_WEBHOOK_PATH = "/twilio/voice"
 CONSOLE = "console.twilio.com"
 _LISTED_NUMBERS = 20
 
 
 class TwilioAccountError(Exception):
     """A Twilio problem the user can fix; `str()` is the readable message."""
+
+
+def voice_webhook_url(url: str) -> str:
+    """Our voice webhook at `url`: a bare `https://host` gets the `/twilio/voice` route.
+
+    Raises `ValueError` for anything but an absolute http(s) URL.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"not an http(s) URL: {url}")
+    if parts.path in ("", "/"):
+        return url.rstrip("/") + VOICE_WEBHOOK_PATH
+    return url
 
 
 def create_client(
@@ -144,15 +159,16 @@ class TwilioNumber:
     def _account_sid(self) -> str:
         return str(self._client.account_sid)
 
+    def current(self) -> VoiceWebhook:
+        """Where the number sends calls now; proves the credentials and the number first."""
+        with readable_errors(self._account_sid):
+            return _webhook_of(self._lookup())
+
     def point_number(self, url: str) -> VoiceWebhook:
         """Send the number's calls to `url` (POST); return the webhook it had before."""
         with readable_errors(self._account_sid):
             number = self._lookup()
-            previous = VoiceWebhook(
-                url=number.voice_url or None,
-                method=number.voice_method or "POST",
-                application_sid=number.voice_application_sid or None,
-            )
+            previous = _webhook_of(number)
             number.update(voice_url=url, voice_method="POST", voice_application_sid="")
         return previous
 
@@ -184,3 +200,11 @@ class TwilioNumber:
         return (
             f"{where}{self._account_sid}; its numbers: {', '.join(listed[:_LISTED_NUMBERS])}{more}"
         )
+
+
+def _webhook_of(number: Any) -> VoiceWebhook:
+    return VoiceWebhook(
+        url=number.voice_url or None,
+        method=number.voice_method or "POST",
+        application_sid=number.voice_application_sid or None,
+    )
