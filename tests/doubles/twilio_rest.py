@@ -76,7 +76,7 @@ class RecordedRequest:
         return [value for key, value in self.params if key == name]
 
 
-def _sid(prefix: str) -> str:
+def _new_sid(prefix: str) -> str:
     return prefix + secrets.token_hex(16)
 
 
@@ -105,10 +105,14 @@ class FakeTwilioRest:
         self.numbers: dict[str, dict[str, Any]] = {}
         self.calls: dict[str, dict[str, Any]] = {}
         self.requests: list[RecordedRequest] = []
+        self.errors: list[str] = []
+        """Exceptions the fake itself raised (answered as 500s); a test can assert none."""
         self._gone: set[str] = set()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def base_url(self) -> str:
@@ -138,7 +142,7 @@ class FakeTwilioRest:
 
     def add_number(self, phone_number: str, **fields: Any) -> dict[str, Any]:
         """Add a number to the account; `fields` override the resource's JSON fields."""
-        sid = _sid("PN")
+        sid = _new_sid("PN")
         resource: dict[str, Any] = {
             "account_sid": self.account_sid,
             "address_requirements": "none",
@@ -211,6 +215,9 @@ class FakeTwilioRest:
                 return self._route(method, parts.path, query, dict(params))
             except TwilioError as error:
                 return error.status, error.body()
+            except Exception as error:  # a bug in the fake: answer 500, keep it for the test
+                self.errors.append(repr(error))
+                return 500, TwilioError(500, 20500, "Internal Server Error").body()
 
     def _expected_authorization(self) -> str:
         pair = f"{self.account_sid}:{self.auth_token}".encode()
@@ -294,7 +301,7 @@ class FakeTwilioRest:
             raise TwilioError(400, 21603, "A 'From' phone number is required.")
         if not (form.get("Url") or form.get("Twiml") or form.get("ApplicationSid")):
             raise TwilioError(400, 21205, "Url parameter is required.")
-        sid = _sid("CA")
+        sid = _new_sid("CA")
         uri = f"{API}/Accounts/{self.account_sid}/Calls/{sid}"
         call: dict[str, Any] = {
             "account_sid": self.account_sid,
