@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import secrets
+import signal
 import sys
 import threading
 import time
@@ -31,8 +32,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[2]
+# Like the real agent's, it quotes the token it was given: our side must not repeat it.
 AUTH_ERROR = (
-    "authentication failed: The authtoken you specified is not valid. "
+    "authentication failed: The authtoken you specified is not valid. Your authtoken: {token} "
     "Get yours at https://dashboard.ngrok.com/get-started/your-authtoken ERR_NGROK_107"
 )
 
@@ -80,7 +82,8 @@ def main(argv: list[str], *, authtoken: str, events: str, domains: tuple[str, ..
     agent = _Agent(Path(events), domains)
     agent.record("start", authtoken_ok=args.authtoken == authtoken, config=args.config)
     if args.authtoken != authtoken:
-        _log("eror", "session closing", obj="tunnels.session", err=AUTH_ERROR)
+        error = AUTH_ERROR.format(token=args.authtoken)
+        _log("eror", "session closing", obj="tunnels.session", err=error)
         return 1
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), agent.handler())
@@ -89,6 +92,8 @@ def main(argv: list[str], *, authtoken: str, events: str, domains: tuple[str, ..
     _log("info", "client session established", obj="tunnels.session")
     _log("info", "tunnel session started", obj="tunnels.session")
 
+    for stop in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C reaches the agent too: quietly
+        signal.signal(stop, lambda signum, frame: sys.exit(0))
     parent = os.getppid()
     while os.getppid() == parent:
         time.sleep(0.2)
