@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from types import FrameType
 from typing import Protocol
 
@@ -74,7 +75,7 @@ class DevDependencies:
     phone_number: Callable[[DevSettings], PhoneNumber]
     open_tunnel: Callable[[DevSettings, int], PublicTunnel]
     start_server: Callable[[int, str], ServerProcess]
-    say: Callable[[str], None] = print
+    say: Callable[[str], None]
 
     @classmethod
     def real(cls) -> DevDependencies:
@@ -82,6 +83,7 @@ class DevDependencies:
             phone_number=TwilioNumber.from_settings,
             open_tunnel=_ngrok_tunnel,
             start_server=DevServer,
+            say=partial(print, flush=True),  # shown at once, even when piped
         )
 
 
@@ -124,7 +126,7 @@ def _up(settings: DevSettings, port: int, deps: DevDependencies, undo: ExitStack
     previous = number.point_number(webhook)
     undo.callback(_restore, number, previous, settings.twilio_phone_number, deps.say)
 
-    deps.say(banner(settings, webhook, previous, port))
+    deps.say(banner(settings, public_url, webhook, previous, port))
     status = server.wait()
     deps.say(f"The server stopped (exit status {status}).")
     return status
@@ -142,17 +144,20 @@ def _restore(
         say(f"{phone} is back to its previous voice webhook: {previous}")
 
 
-def banner(settings: DevSettings, webhook: str, previous: VoiceWebhook, port: int) -> str:
+def banner(
+    settings: DevSettings, public_url: str, webhook: str, previous: VoiceWebhook, port: int
+) -> str:
     rule = "─" * 72
     return "\n".join(
         [
             rule,
             f"  VoiceBridge is live. Call {settings.twilio_phone_number} now.",
             "",
+            f"  Public URL     {public_url} → http://127.0.0.1:{port}",
             f"  Voice webhook  {webhook} (POST)",
             f"                 was: {previous}",
-            f"  Local server   http://127.0.0.1:{port} (restarts when you edit app/)",
             f"  Transcripts    {settings.transcripts_dir.resolve()}{os.sep}",
+            "  Code changes   restart the server by themselves (app/ is watched)",
             "",
             "  Ctrl-C stops everything and gives the number its previous webhook back.",
             rule,
