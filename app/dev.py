@@ -110,7 +110,7 @@ def run_dev(settings: DevSettings, port: int, deps: DevDependencies) -> int:
 def _up(settings: DevSettings, port: int, deps: DevDependencies, undo: ExitStack) -> int:
     ensure_port_free(port)
     number = deps.phone_number(settings)
-    number.current()
+    number.current()  # bad credentials or an unknown number fail here, before anything starts
 
     public_url = settings.public_base_url
     if public_url is None:

@@ -192,7 +192,10 @@ class TwilioNumber:
         raise TwilioAccountError(self._not_found())
 
     def _not_found(self) -> str:
-        listed = [str(n.phone_number) for n in self._client.incoming_phone_numbers.list(limit=21)]
+        listed = [
+            str(n.phone_number)
+            for n in self._client.incoming_phone_numbers.list(limit=_LISTED_NUMBERS + 1)
+        ]
         where = f"TWILIO_PHONE_NUMBER {self.phone_number} is not a number of account "
         if not listed:
             return f"{where}{self._account_sid}, which has none yet: buy one on {CONSOLE}"
