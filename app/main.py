@@ -130,7 +130,9 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
         return Response(body, status_code=503 if services.draining else 200)
 
     app = Litestar(
-        route_handlers=[voice_webhook, stream_ended, media_stream, metrics, healthz], debug=False
+        route_handlers=[voice_webhook, stream_ended, media_stream, metrics, healthz],
+        debug=False,
+        logging_config=None,  # ours (app.logs), with the CallSid on every line
     )
     app.state.services = services
     return app

@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from litestar import Litestar
 
 from app.call.stream import CallServices, drain
+from app.logs import logging_config
 from app.settings import Settings
 
 log = logging.getLogger("voicebridge.server")
 
-WS_MAX_SIZE = 64 * 1024  # Twilio frames are ~300 bytes; a flood is refused early
+_COMMON: dict[str, Any] = {
+    "ws_max_size": 64 * 1024,  # Twilio frames are ~300 bytes; a flood is refused early
+    "proxy_headers": True,  # Fly's proxy and ngrok forward the client's address
+    "forwarded_allow_ips": "*",
+}
 
 
 class DrainingServer(uvicorn.Server):
@@ -55,14 +62,22 @@ class DrainingServer(uvicorn.Server):
 
 
 def run(app: Litestar, settings: Settings, host: str, port: int) -> None:
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        ws_max_size=WS_MAX_SIZE,
-        proxy_headers=True,
-        forwarded_allow_ips="*",
-    )
+    """Production: one process, drained on SIGTERM/SIGINT."""
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, **_COMMON)
     services: CallServices = app.state.services
     DrainingServer(config, services, settings).run()
+
+
+def run_reloading(settings: Settings, host: str, port: int) -> None:
+    """Development: restart on code changes (the reloader re-imports the app in a fresh
+    process, so it needs an import string and our logging as a config)."""
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        reload=True,
+        reload_dirs=[str(Path(__file__).parent)],
+        host=host,
+        port=port,
+        log_config=logging_config(settings.log_level, settings.log_format),
+        **_COMMON,
+    )
