@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from litestar import Litestar, MediaType, Request, Response, WebSocket, get, post, websocket
-from litestar.exceptions import PermissionDeniedException
+from litestar.exceptions import HTTPException, PermissionDeniedException
 
 from app.call.stream import CallServices, handle_media_stream
 from app.call.tools import Tool, ToolsError, builtin_tools, load_tools
@@ -16,6 +16,7 @@ from app.storage.base import TranscriptStore
 from app.storage.local import LocalTranscriptStore
 from app.telephony import twiml
 from app.telephony.control import TwilioCallControl
+from app.telephony.outbound import signed_payload
 from app.telephony.rest import create_client
 from app.telephony.signatures import StreamTokens, webhook_signature_valid
 
@@ -35,6 +36,12 @@ def _tools(settings: Settings) -> list[Tool]:
     except ToolsError as error:
         raise SettingsError([("AGENT_TOOLS", str(error))]) from None
     return builtin_tools(settings.transfer_number) + custom
+
+
+async def _log_exception(error: Exception, scope: Any) -> None:
+    """Unexpected errors reach our logs (Litestar's own logging is switched off)."""
+    if not isinstance(error, HTTPException):
+        log.error("unhandled error in %s", scope.get("path"), exc_info=error)
 
 
 def _call_control(settings: Settings) -> TwilioCallControl | None:
@@ -117,8 +124,8 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
             "direction": "outbound"
             if form.get("Direction", "").startswith("outbound")
             else "inbound",
-            "token": services.tokens.issue(call_sid),
         }
+        parameters["token"] = services.tokens.issue(call_sid, signed_payload(parameters))
         action = f"{settings.public_base_url}/twilio/stream-ended"
         return twiml.connect_stream(stream_url, parameters, action_url=action)
 
@@ -148,6 +155,7 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
         route_handlers=[voice_webhook, stream_ended, media_stream, metrics, healthz],
         debug=False,
         logging_config=None,  # ours (app.logs), with the CallSid on every line
+        after_exception=[_log_exception],
     )
     app.state.services = services
     return app

@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_INSTRUCTIONS = (
     "You are a friendly, concise voice assistant on a phone call. Speak naturally, in short "
@@ -88,6 +88,11 @@ class Settings(BaseSettings):
 
     model_prices: dict[str, dict[str, float]] | None = None
 
+    api_token: SecretStr | None = None
+    outbound_allowed_prefixes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    machine_detection: bool = False
+    voicemail_message: str = ""
+
     agent_tools: str | None = None
     tool_timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0
     transfer_number: str | None = None
@@ -129,6 +134,19 @@ class Settings(BaseSettings):
         if parts.query:
             raise ValueError("must not carry a query string")
         return value.strip().rstrip("/")
+
+    @field_validator("outbound_allowed_prefixes", mode="before")
+    @classmethod
+    def _prefixes(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            for prefix in value:
+                if not (
+                    isinstance(prefix, str) and prefix.startswith("+") and prefix[1:].isdigit()
+                ):
+                    raise ValueError(f"{prefix!r} is not a +country/prefix such as +1 or +4420")
+        return value
 
     @field_validator("agent_instructions_file")
     @classmethod

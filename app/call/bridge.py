@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import time
 from collections import deque
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from app.telephony.messages import (
     TwilioMessage,
     UnknownEvent,
 )
+from app.telephony.outbound import instructions_digest
 
 FRAME_MS = 20
 MAX_FRAME_BYTES = 1600  # 200 ms; Twilio sends 20 ms frames, anything far larger is not audio
@@ -128,6 +130,15 @@ class CallBridge:
             to_number=params.get("to", ""),
         )
         self.transcript = Transcript(call)
+        self.transcript.details["instructions"] = {
+            "source": "call" if "instructions" in params else "default",
+            "sha256": instructions_digest(self.config.instructions),
+        }
+        if params.get("metadata"):
+            try:
+                self.transcript.details["metadata"] = json.loads(params["metadata"])
+            except ValueError:
+                raise MessageError("metadata parameter is not JSON") from None
         self._writer = StreamWriter(call.stream_sid)
         self._started_at = self._clock()
         return call

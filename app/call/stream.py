@@ -9,7 +9,7 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -35,6 +35,7 @@ from app.telephony.messages import (
     UnknownEvent,
     parse_message,
 )
+from app.telephony.outbound import call_instructions, signed_payload
 from app.telephony.signatures import InvalidToken, StreamTokens, webhook_signature_valid
 
 log = logging.getLogger("voicebridge.call")
@@ -96,8 +97,7 @@ async def handle_media_stream(socket: WebSocket[Any, Any, Any], services: CallSe
         log.warning("rejected a media stream: %s", refusal)
         await _close(socket, POLICY_VIOLATION)
         return
-    schemas = tuple(tool.schema() for tool in services.tools.values())
-    bridge = CallBridge(AgentConfig.from_settings(services.settings, schemas))
+    bridge = CallBridge(_agent_config(services, start.start.custom_parameters))
     call = bridge.start(start)
     loops = _CallLoops(socket, bridge, services)
     services.active[call.call_sid] = loops
@@ -111,6 +111,18 @@ async def handle_media_stream(socket: WebSocket[Any, Any, Any], services: CallSe
         services.active.pop(call.call_sid, None)
         await _close(socket, NORMAL_CLOSURE)
         await _finish(bridge, services, loops.outcome)
+
+
+def _agent_config(services: CallServices, parameters: dict[str, str]) -> AgentConfig:
+    """The deployment's agent, with what an outbound call asked for on top."""
+    schemas = tuple(tool.schema() for tool in services.tools.values())
+    config = AgentConfig.from_settings(services.settings, schemas)
+    instructions = call_instructions(parameters)
+    if instructions:
+        config = replace(config, instructions=instructions)
+    if "greeting" in parameters:
+        config = replace(config, greeting=parameters["greeting"])
+    return config
 
 
 def _handshake_signed(socket: WebSocket[Any, Any, Any], settings: Settings) -> bool:
@@ -127,9 +139,13 @@ def _handshake_signed(socket: WebSocket[Any, Any, Any], settings: Settings) -> b
 def _refusal(start: Start, services: CallServices) -> str | None:
     """Why this stream may not become a call, or None when it may."""
     call_sid = start.start.call_sid
+    parameters = start.start.custom_parameters
     if services.settings.twilio_validate_signatures:
+        # Inbound tokens are bound to the CallSid; outbound ones (issued before Twilio
+        # assigned one) to the call's reference. Both vouch for the call's parameters.
+        subject = parameters.get("ref") or call_sid
         try:
-            services.tokens.verify(start.start.custom_parameters.get("token"), call_sid)
+            services.tokens.verify(parameters.get("token"), subject, signed_payload(parameters))
         except InvalidToken as error:
             return str(error)
     if call_sid in services.active:

@@ -75,6 +75,7 @@ class Transcript:
         self._turns: dict[str, Turn] = {}
         self.usage = TokenUsage()
         self.events: list[dict[str, Any]] = []
+        self.details: dict[str, Any] = {}  # per-call facts: instructions used, metadata…
 
     def turn(self, role: Role, item_id: str, start_ms: int) -> Turn:
         """The turn for `item_id`, created at `start_ms` if this is its first mention."""
@@ -140,6 +141,7 @@ class Transcript:
             "usage": asdict(self.usage),
             "latency": self.latency_summary(),
             "events": self.events,
+            **self.details,
         }
 
 

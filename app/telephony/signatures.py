@@ -38,24 +38,28 @@ class StreamTokens:
         self._secret = secret
         self.ttl_s = ttl_s
 
-    def issue(self, subject: str, now: float | None = None) -> str:
-        """A token for `subject` (the CallSid, or an outbound call's reference)."""
+    def issue(self, subject: str, payload: str = "", now: float | None = None) -> str:
+        """A token for `subject` (the CallSid, or an outbound call's reference), also
+        vouching for `payload` (per-call settings that travel beside it)."""
         expires = int((time.time() if now is None else now) + self.ttl_s)
-        return f"{expires}.{self._mac(subject, expires)}"
+        return f"{expires}.{self._mac(subject, expires, payload)}"
 
-    def verify(self, token: str | None, subject: str, now: float | None = None) -> None:
-        """Raise `InvalidToken` with the reason unless `token` was issued for `subject`."""
+    def verify(
+        self, token: str | None, subject: str, payload: str = "", now: float | None = None
+    ) -> None:
+        """Raise `InvalidToken` with the reason unless `token` was issued for `subject`
+        and `payload`."""
         if not token:
             raise InvalidToken("missing stream token")
         expires_text, _, mac = token.partition(".")
         if not expires_text.isdigit() or not mac:
             raise InvalidToken("malformed stream token")
         expires = int(expires_text)
-        if not hmac.compare_digest(mac, self._mac(subject, expires)):
+        if not hmac.compare_digest(mac, self._mac(subject, expires, payload)):
             raise InvalidToken("stream token does not match this call")
         if (time.time() if now is None else now) > expires:
             raise InvalidToken("stream token expired")
 
-    def _mac(self, subject: str, expires: int) -> str:
-        message = f"{subject}|{expires}".encode()
+    def _mac(self, subject: str, expires: int, payload: str) -> str:
+        message = f"{subject}|{expires}|{payload}".encode()
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:32]
