@@ -43,8 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_dev(commands)
     _add_twilio(commands)
+    _add_call(commands)
     _add_simulate(commands)
     return parser
+
+
+def _add_call(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    call = commands.add_parser("call", help="have the agent call a number")
+    call.add_argument("to", help="the number to call, E.164 (+15551234567)")
+    call.add_argument(
+        "--instructions", help="instructions for this call: TEXT, or @FILE to read them"
+    )
+    call.add_argument("--greeting", help="what the agent says first on this call")
+    call.set_defaults(run=_call)
 
 
 def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -129,6 +140,30 @@ def _point_number(args: argparse.Namespace) -> int:
     except TwilioAccountError as error:
         raise CommandError(str(error)) from None
     print(f"{settings.twilio_phone_number} now sends calls to {url} (POST); before: {previous}")
+    return 0
+
+
+def _call(args: argparse.Namespace) -> int:
+    from app.telephony.outbound import OutboundCall, OutboundError, check_number, place_call
+    from app.telephony.rest import TwilioAccountError, client_from_settings, readable_errors
+    from app.telephony.signatures import StreamTokens
+
+    settings = load_settings_as(TwilioSettings)
+    instructions = args.instructions
+    if instructions and instructions.startswith("@"):
+        path = Path(instructions[1:])
+        if not path.is_file():
+            raise CommandError(f"no such instructions file: {path}")
+        instructions = path.read_text(encoding="utf-8").strip()
+    tokens = StreamTokens(settings.stream_signing_key(), settings.stream_token_ttl_s)
+    try:
+        to = check_number(args.to, settings.outbound_allowed_prefixes)
+        call = OutboundCall(to, instructions, args.greeting)
+        with readable_errors(settings.twilio_account_sid):
+            call_sid = place_call(client_from_settings(settings), call, settings, tokens)
+    except (OutboundError, TwilioAccountError) as error:
+        raise CommandError(str(error)) from None
+    print(f"calling {to}: {call_sid}")
     return 0
 
 

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import logging
 from typing import Any
 
 from litestar import Litestar, MediaType, Request, Response, WebSocket, get, post, websocket
-from litestar.exceptions import HTTPException, PermissionDeniedException
+from litestar.exceptions import (
+    ClientException,
+    HTTPException,
+    NotAuthorizedException,
+    PermissionDeniedException,
+    ServiceUnavailableException,
+)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from twilio.base.exceptions import TwilioRestException
 
 from app.call.stream import CallServices, handle_media_stream
 from app.call.tools import Tool, ToolsError, builtin_tools, load_tools
@@ -16,7 +26,13 @@ from app.storage.base import TranscriptStore
 from app.storage.local import LocalTranscriptStore
 from app.telephony import twiml
 from app.telephony.control import TwilioCallControl
-from app.telephony.outbound import signed_payload
+from app.telephony.outbound import (
+    OutboundCall,
+    OutboundError,
+    check_number,
+    place_call,
+    signed_payload,
+)
 from app.telephony.rest import create_client
 from app.telephony.signatures import StreamTokens, webhook_signature_valid
 
@@ -36,6 +52,31 @@ def _tools(settings: Settings) -> list[Tool]:
     except ToolsError as error:
         raise SettingsError([("AGENT_TOOLS", str(error))]) from None
     return builtin_tools(settings.transfer_number) + custom
+
+
+class PlaceCallBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to: str
+    instructions: str | None = None
+    greeting: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+def _authorize(request: Request[Any, Any, Any], settings: Settings) -> None:
+    if settings.api_token is None:
+        raise ServiceUnavailableException("set API_TOKEN to enable POST /calls")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = settings.api_token.get_secret_value()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise NotAuthorizedException("a valid Authorization: Bearer API_TOKEN is required")
+
+
+def _first_error(error: ValidationError | OutboundError) -> str:
+    if isinstance(error, OutboundError):
+        return str(error)
+    first = error.errors(include_url=False)[0]
+    return f"{'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}"
 
 
 async def _log_exception(error: Exception, scope: Any) -> None:
@@ -75,7 +116,7 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
         Metrics(lambda: len(active)),
         active,
         tools={tool.name: tool for tool in _tools(settings)},
-        control=_call_control(settings),
+        control=(control := _call_control(settings)),
     )
 
     async def twilio_form(request: Request[Any, Any, Any]) -> dict[str, str]:
@@ -135,6 +176,31 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
         await twilio_form(request)
         return twiml.say_and_hang_up(APOLOGY)
 
+    @post("/calls", status_code=201)
+    async def place_outbound_call(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        """Have the agent call someone: `{"to": "+1…", "instructions"?, "greeting"?,
+        "metadata"?}` with `Authorization: Bearer API_TOKEN`."""
+        _authorize(request, settings)
+        try:
+            body = PlaceCallBody.model_validate_json(await request.body())
+            to = check_number(body.to, settings.outbound_allowed_prefixes)
+        except (ValidationError, OutboundError) as error:
+            raise ClientException(_first_error(error)) from None
+        if control is None:
+            raise ServiceUnavailableException("set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
+        call = OutboundCall(to, body.instructions, body.greeting, body.metadata)
+        try:
+            call_sid = await asyncio.to_thread(
+                place_call, control.client, call, settings, services.tokens
+            )
+        except OutboundError as error:
+            raise ClientException(str(error)) from None
+        except TwilioRestException as error:
+            log.warning("Twilio refused the call: %s", error.msg)
+            raise HTTPException(status_code=502, detail=f"Twilio: {error.msg}") from None
+        log.info("placed an outbound call", extra={"to": to, "placed_call_sid": call_sid})
+        return {"call_sid": call_sid, "to": to}
+
     @websocket("/media-stream")
     async def media_stream(socket: WebSocket[Any, Any, Any]) -> None:
         await handle_media_stream(socket, services)
@@ -152,7 +218,14 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
         return Response(body, status_code=503 if services.draining else 200)
 
     app = Litestar(
-        route_handlers=[voice_webhook, stream_ended, media_stream, metrics, healthz],
+        route_handlers=[
+            voice_webhook,
+            stream_ended,
+            place_outbound_call,
+            media_stream,
+            metrics,
+            healthz,
+        ],
         debug=False,
         logging_config=None,  # ours (app.logs), with the CallSid on every line
         after_exception=[_log_exception],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +10,12 @@ import pytest
 
 from app.settings import Settings, load_settings
 from tests.doubles.realtime import AgentLine, RealtimeDouble
+from tests.doubles.twilio_rest import FakeTwilioRest
 from tests.fixtures import audio
 
 PUBLIC_BASE_URL = "https://voice.example.com"
 AUTH_TOKEN = "twilio-test-auth-token"
+ACCOUNT = "AC" + "1" * 32
 
 
 def agent_line(name: str) -> AgentLine:
@@ -35,6 +37,14 @@ async def realtime() -> AsyncIterator[RealtimeDouble]:
         yield double
     assert double.violations == [], "the bridge sent events the GA API would reject"
     assert double.internal_errors == []
+
+
+@pytest.fixture
+def twilio_rest() -> Iterator[FakeTwilioRest]:
+    """Twilio's REST API on loopback, for the real twilio SDK to talk to."""
+    with FakeTwilioRest(account_sid=ACCOUNT, auth_token=AUTH_TOKEN) as fake:
+        yield fake
+    assert fake.errors == []
 
 
 @pytest.fixture

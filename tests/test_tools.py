@@ -4,7 +4,7 @@ and calls the user's own tools."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +14,14 @@ from app.call.tools import load_tools
 from app.main import create_app
 from app.settings import Settings, SettingsError
 from app.simulator import CallerSimulator, new_sid
-from tests.conftest import AUTH_TOKEN, agent_line
+from tests.conftest import ACCOUNT, agent_line
 from tests.doubles.realtime import AgentLine, RealtimeDouble
 from tests.doubles.twilio_rest import FakeTwilioRest
 from tests.fixtures import audio
 from tests.servers import RunningServer, serve
 from tests.twilio import answer_call
 
-ACCOUNT = "AC" + "1" * 32
 EXAMPLE_TOOLS = "tests.tools_example.restaurant"
-
-
-@pytest.fixture
-def twilio_rest() -> Iterator[FakeTwilioRest]:
-    with FakeTwilioRest(account_sid=ACCOUNT, auth_token=AUTH_TOKEN) as fake:
-        yield fake
-    assert fake.errors == []
 
 
 @pytest.fixture

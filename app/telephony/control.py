@@ -18,7 +18,7 @@ ALREADY_OVER = 20404  # "The requested resource was not found": the call has end
 
 class TwilioCallControl:
     def __init__(self, client: Client) -> None:
-        self._client = client
+        self.client = client
 
     def hang_up(self, call_sid: str) -> None:
         self._update(call_sid, status="completed")
@@ -29,7 +29,7 @@ class TwilioCallControl:
 
     def _update(self, call_sid: str, **changes: str) -> None:
         try:
-            self._client.calls(call_sid).update(**changes)
+            self.client.calls(call_sid).update(**changes)
         except TwilioRestException as error:
             if error.status == 404 or error.code == ALREADY_OVER:
                 log.info("the call had already ended")
