@@ -91,7 +91,7 @@ def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     simulate.add_argument("--wav", type=Path, required=True, help="what the caller says")
     simulate.add_argument(
-        "--url", default="ws://127.0.0.1:8080/media-stream", help="the server's media stream"
+        "--server", default="http://127.0.0.1:8080", help="the running server's base URL"
     )
     simulate.add_argument(
         "--out", type=Path, default=Path("agent.wav"), help="where to save what the agent said"
@@ -168,17 +168,34 @@ def _call(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from app.simulator import run_simulation
+    """Ring the server's webhook like Twilio (signed with TWILIO_AUTH_TOKEN when set),
+    then stream the WAV over the media stream it opens."""
+    from urllib.error import URLError
+
+    from app.simulator import new_sid, ring, run_simulation
 
     if not args.wav.is_file():
         raise CommandError(f"no such WAV file: {args.wav}")
-    summary = asyncio.run(
-        run_simulation(
-            args.url,
-            args.wav,
-            args.out,
-            parameters={"from": args.from_number, "to": args.to_number, "direction": "inbound"},
+    settings = load_settings()  # the server's own .env: same token, same public URL
+    token = settings.twilio_auth_token
+    call_sid = new_sid("CA")
+    try:
+        parameters = ring(
+            args.server,
+            call_sid=call_sid,
+            caller=args.from_number,
+            called=args.to_number,
+            auth_token=token.get_secret_value() if token else None,
+            public_base_url=settings.public_base_url,
         )
+    except (URLError, ValueError) as error:
+        raise CommandError(f"could not ring {args.server}: {error}") from None
+    stream_url = args.server.replace("http", "ws", 1).rstrip("/") + "/media-stream"
+    summary = asyncio.run(
+        run_simulation(stream_url, args.wav, args.out, parameters=parameters, call_sid=call_sid)
     )
-    print(summary)
+    print(
+        f"heard {summary.heard_ms} ms of agent audio in {summary.utterances} utterances "
+        f"(reply after {summary.reply_latency_ms} ms); saved to {args.out}"
+    )
     return 0

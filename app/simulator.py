@@ -31,6 +31,9 @@ import logging
 import math
 import secrets
 import time
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +41,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
+from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Data
@@ -860,6 +864,7 @@ async def run_simulation(
     wav_out: str | Path | None = None,
     *,
     parameters: Mapping[str, str] | None = None,
+    call_sid: str | None = None,
     extra_headers: Mapping[str, str] | None = None,
     greeting_timeout: float = 5.0,
     reply_timeout: float = 30.0,
@@ -878,7 +883,7 @@ async def run_simulation(
     reply_ms = 0
     latency_ms: int | None = None
     async with CallerSimulator(
-        url, custom_parameters=parameters, extra_headers=extra_headers
+        url, call_sid=call_sid, custom_parameters=parameters, extra_headers=extra_headers
     ) as sim:
         try:
             try:
@@ -915,3 +920,36 @@ async def run_simulation(
         closed_by=sim.closed_by,
         violations=tuple(str(v) for v in sim.violations),
     )
+
+
+def ring(
+    server_url: str,
+    *,
+    call_sid: str,
+    caller: str,
+    called: str,
+    auth_token: str | None = None,
+    public_base_url: str | None = None,
+) -> dict[str, str]:
+    """Do what Twilio does when a call comes in: POST the voice webhook, signed as Twilio
+    signs it (over the public URL, with the auth token), and return the `<Parameter>`s of
+    the stream its TwiML opens. Blocking; raises `ValueError` if no stream is opened."""
+    path = "/twilio/voice"
+    form = {"CallSid": call_sid, "From": caller, "To": called, "Direction": "inbound"}
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if auth_token:
+        signed_url = f"{(public_base_url or server_url).rstrip('/')}{path}"
+        validator = RequestValidator(auth_token)
+        headers["X-Twilio-Signature"] = validator.compute_signature(signed_url, form)
+    request = urllib.request.Request(  # noqa: S310 - the user's own server, http(s) only
+        f"{server_url.rstrip('/')}{path}",
+        data=urllib.parse.urlencode(form).encode(),
+        headers=headers,
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        document = response.read().decode()
+    stream = ET.fromstring(document).find("Connect/Stream")  # noqa: S314 - our own TwiML
+    if stream is None:
+        raise ValueError(f"the webhook answered without opening a stream: {document}")
+    return {str(p.get("name")): str(p.get("value")) for p in stream.findall("Parameter")}

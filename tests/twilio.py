@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
+import asyncio
 
 import httpx
 from twilio.request_validator import RequestValidator
 
+from app.simulator import ring
 from tests.conftest import AUTH_TOKEN, PUBLIC_BASE_URL
 from tests.servers import RunningServer
 
@@ -33,13 +34,12 @@ async def answer_call(
     token: str = AUTH_TOKEN,
 ) -> dict[str, str]:
     """Ring the voice webhook like Twilio; return the `<Parameter>`s of the stream it opens."""
-    response = await post_webhook(
-        server,
-        "/twilio/voice",
-        {"CallSid": call_sid, "From": caller, "To": called, "Direction": "inbound"},
-        token=token,
+    return await asyncio.to_thread(
+        ring,
+        server.http_url,
+        call_sid=call_sid,
+        caller=caller,
+        called=called,
+        auth_token=token,
+        public_base_url=PUBLIC_BASE_URL,
     )
-    response.raise_for_status()
-    stream = ET.fromstring(response.text).find("Connect/Stream")
-    assert stream is not None, response.text
-    return {str(p.get("name")): str(p.get("value")) for p in stream.findall("Parameter")}
