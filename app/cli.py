@@ -45,7 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-
 def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--host", default="0.0.0.0", help="interface to listen on")  # noqa: S104
