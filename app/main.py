@@ -9,42 +9,97 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import asdict
 from typing import Any
 
-from litestar import Litestar, MediaType, Request, Response, WebSocket, get, post, websocket
+from litestar import Litestar, MediaType, Request, WebSocket, get, post, websocket
+from litestar.exceptions import PermissionDeniedException
 
 from app.call.stream import CallServices, handle_media_stream
-from app.settings import Settings, load_settings
+from app.settings import Settings, SettingsError, load_settings
 from app.storage.base import BackgroundDelivery, TranscriptStore
 from app.storage.factory import open_store
 from app.telephony import twiml
+from app.telephony.signatures import StreamTokens, webhook_signature_valid
 
 log = logging.getLogger("voicebridge.app")
 
 NOT_CONFIGURED = "Sorry, this line is not set up yet. Please try again later. Goodbye."
+ALL_LINES_BUSY = "Sorry, all our lines are busy right now. Please call again in a few minutes."
+APOLOGY = (
+    "Sorry, we're having trouble connecting you to our assistant right now. "
+    "Please try again in a moment. Goodbye."
+)
 
 
 def create_app(settings: Settings | None = None, store: TranscriptStore | None = None) -> Litestar:
     """Build the app; with no arguments, settings come from the environment and `.env`,
     and the transcript store is the one they name (`open_store`)."""
     settings = settings or load_settings()
-    services = CallServices(settings, store or open_store(settings))
+    problems = settings.serving_problems()
+    if problems:
+        raise SettingsError(problems)
+    if not settings.twilio_validate_signatures:
+        log.warning(
+            "TWILIO_VALIDATE_SIGNATURES=false: anyone can call the webhooks and open streams. "
+            "Use this for local experiments only."
+        )
+    services = CallServices(
+        settings,
+        store or open_store(settings),
+        StreamTokens(settings.stream_signing_key(), settings.stream_token_ttl_s),
+    )
+
+    async def twilio_form(request: Request[Any, Any, Any]) -> dict[str, str]:
+        """The webhook's form fields, once `X-Twilio-Signature` proves Twilio sent them.
+
+        The signed URL is rebuilt from PUBLIC_BASE_URL, never from the Host header, which
+        proxies and tunnels rewrite.
+        """
+        form = await request.form()
+        params = {key: str(value) for key, value in form.items()}
+        if not settings.twilio_validate_signatures:
+            return params
+        assert settings.twilio_auth_token is not None  # serving_problems() guarantees it
+        query = f"?{request.url.query}" if request.url.query else ""
+        url = f"{settings.public_base_url}{request.url.path}{query}"
+        signature = request.headers.get("x-twilio-signature")
+        if not webhook_signature_valid(
+            settings.twilio_auth_token.get_secret_value(), url, params, signature
+        ):
+            log.warning(
+                "rejected a webhook with a %s Twilio signature",
+                "bad" if signature else "missing",
+                extra={"path": request.url.path},
+            )
+            raise PermissionDeniedException("invalid Twilio signature")
+        return params
 
     @post("/twilio/voice", media_type=MediaType.XML, status_code=200)
-    async def voice_webhook(request: Request[Any, Any, Any]) -> Response[str]:
+    async def voice_webhook(request: Request[Any, Any, Any]) -> str:
         """Twilio asks what to do with a call: open a bidirectional media stream."""
-        form = await request.form()
+        form = await twilio_form(request)
         stream_url = settings.stream_url
         if stream_url is None:
             log.error("PUBLIC_BASE_URL is not set: cannot tell Twilio where to stream")
-            return Response(twiml.say_and_hang_up(NOT_CONFIGURED), media_type=MediaType.XML)
+            return twiml.say_and_hang_up(NOT_CONFIGURED)
+        if len(services.active) >= settings.max_concurrent_calls:
+            log.warning("all lines busy (%d calls): turning a call away", len(services.active))
+            return twiml.say_and_hang_up(ALL_LINES_BUSY)
+        call_sid = form.get("CallSid", "")
         parameters = {
-            "callSid": str(form.get("CallSid", "")),
-            "from": str(form.get("From", "")),
-            "to": str(form.get("To", "")),
+            "from": form.get("From", ""),
+            "to": form.get("To", ""),
             "direction": "outbound"
-            if str(form.get("Direction", "")).startswith("outbound")
+            if form.get("Direction", "").startswith("outbound")
             else "inbound",
+            "token": services.tokens.issue(call_sid),
         }
-        return Response(twiml.connect_stream(stream_url, parameters), media_type=MediaType.XML)
+        action = f"{settings.public_base_url}/twilio/stream-ended"
+        return twiml.connect_stream(stream_url, parameters, action_url=action)
+
+    @post("/twilio/stream-ended", media_type=MediaType.XML, status_code=200)
+    async def stream_ended(request: Request[Any, Any, Any]) -> str:
+        """Our side ended the stream while the caller was still there: never dead air."""
+        await twilio_form(request)
+        return twiml.say_and_hang_up(APOLOGY)
 
     @websocket("/media-stream")
     async def media_stream(socket: WebSocket[Any, Any, Any]) -> None:
@@ -58,7 +113,7 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
         return health
 
     app = Litestar(
-        route_handlers=[voice_webhook, media_stream, healthz],
+        route_handlers=[voice_webhook, stream_ended, media_stream, healthz],
         lifespan=[_transcript_delivery(services.store, settings.transcript_flush_timeout_s)],
         debug=False,
     )

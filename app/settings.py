@@ -6,6 +6,7 @@ message that lists every problem and how to fix it (`SettingsError`), never a tr
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -121,6 +122,12 @@ class Settings(StorageSettings):
     twilio_auth_token: SecretStr | None = None
     twilio_phone_number: str | None = None
     twilio_api_base_url: str | None = None
+    twilio_validate_signatures: bool = True
+    stream_token_secret: SecretStr | None = None
+    stream_token_ttl_s: Annotated[int, Field(ge=10, le=3600)] = 300
+
+    max_concurrent_calls: Annotated[int, Field(ge=1)] = 100
+    max_call_seconds: Annotated[int, Field(ge=10)] = 7200
 
     log_level: str = "INFO"
     log_format: Annotated[str, Field(pattern="^(text|json)$")] = "text"
@@ -171,6 +178,30 @@ class Settings(StorageSettings):
         if value and not (value.startswith("+") and value[1:].isdigit()):
             raise ValueError("must be in E.164 form, e.g. +15551234567")
         return value or None
+
+    def serving_problems(self) -> list[tuple[str, str]]:
+        """Problems that only matter to a server taking calls (the CLI runs without)."""
+        if self.twilio_validate_signatures and self.twilio_auth_token is None:
+            return [
+                (
+                    "TWILIO_AUTH_TOKEN",
+                    "not set — needed to verify that webhooks come from Twilio "
+                    "(console.twilio.com → Account Info); for local experiments only, "
+                    "TWILIO_VALIDATE_SIGNATURES=false",
+                )
+            ]
+        return []
+
+    def stream_signing_key(self) -> bytes:
+        """The key of the stream tokens: shared by every machine of a deployment, so any
+        of them can check a token another issued. Derived from a secret they all have."""
+        if self.stream_token_secret is not None:
+            base = self.stream_token_secret.get_secret_value()
+        elif self.twilio_auth_token is not None:
+            base = self.twilio_auth_token.get_secret_value()
+        else:
+            base = self.openai_api_key.get_secret_value()
+        return hashlib.sha256(b"voicebridge stream token|" + base.encode()).digest()
 
     @property
     def instructions(self) -> str:

@@ -31,6 +31,7 @@ from app.telephony.messages import (
 )
 
 FRAME_MS = 20
+MAX_FRAME_BYTES = 1600  # 200 ms; Twilio sends 20 ms frames, anything far larger is not audio
 MAX_GAP_FILL_MS = 10_000  # longer gaps are a stalled stream, not omitted silence
 _SILENCE = b"\xff"  # μ-law silence
 
@@ -114,8 +115,8 @@ class CallBridge:
             size = len(binascii.a2b_base64(payload, strict_mode=True))
         except binascii.Error as error:
             raise MessageError(f"media payload is not base64 ({error})") from None
-        if size == 0:
-            raise MessageError("empty media payload")
+        if not 0 < size <= MAX_FRAME_BYTES:
+            raise MessageError(f"media payload of {size} bytes (Twilio sends 160)")
         if media.timestamp:
             self._fill_gap(media.timestamp, size)
         self.frames_in += 1

@@ -29,6 +29,7 @@ from app.telephony.messages import (
     UnknownEvent,
     parse_message,
 )
+from app.telephony.signatures import InvalidToken, StreamTokens, webhook_signature_valid
 
 log = logging.getLogger("voicebridge.call")
 
@@ -36,29 +37,48 @@ START_TIMEOUT_S = 10.0
 TRANSCRIPTION_GRACE_S = 0.8  # after hang-up, wait this long at most for the last caller text
 
 
+NORMAL_CLOSURE = 1000
+POLICY_VIOLATION = 1008
+
+
 @dataclass
 class CallServices:
-    """What every call shares: settings, the transcript store, the live-call registry."""
+    """What every call shares: settings, the transcript store, stream tokens, live calls."""
 
     settings: Settings
     store: TranscriptStore
+    tokens: StreamTokens
     active: set[str] = field(default_factory=set)
+    start_timeout_s: float = START_TIMEOUT_S
 
 
 async def handle_media_stream(socket: WebSocket[Any, Any, Any], services: CallServices) -> None:
-    """Serve one Twilio media stream from `start` to hang-up, then save the transcript."""
+    """Serve one Twilio media stream from `start` to hang-up, then save the transcript.
+
+    Nothing reaches OpenAI (no session is even opened) before `start` proves the stream
+    belongs to a call we answered.
+    """
     await socket.accept()
-    bridge = CallBridge(AgentConfig.from_settings(services.settings))
+    if not _handshake_signed(socket, services.settings):
+        log.warning("rejected a media stream: bad X-Twilio-Signature on the handshake")
+        await _close(socket, POLICY_VIOLATION)
+        return
     try:
-        start = await asyncio.wait_for(_receive_start(socket), START_TIMEOUT_S)
+        start = await asyncio.wait_for(_receive_start(socket), services.start_timeout_s)
     except TimeoutError:
-        log.warning("no start message within %.0f s; closing stream", START_TIMEOUT_S)
-        await _close(socket, 1008)
+        log.warning("no start message within %.1f s; closing stream", services.start_timeout_s)
+        await _close(socket, POLICY_VIOLATION)
         return
     if start is None:
         return
+    call_sid_var.set(start.start.call_sid)
+    refusal = _refusal(start, services)
+    if refusal is not None:
+        log.warning("rejected a media stream: %s", refusal)
+        await _close(socket, POLICY_VIOLATION)
+        return
+    bridge = CallBridge(AgentConfig.from_settings(services.settings))
     call = bridge.start(start)
-    call_sid_var.set(call.call_sid)
     services.active.add(call.call_sid)
     log.info(
         "call started",
@@ -68,8 +88,34 @@ async def handle_media_stream(socket: WebSocket[Any, Any, Any], services: CallSe
         await _bridge_call(socket, bridge, services.settings)
     finally:
         services.active.discard(call.call_sid)
-        await _close(socket, 1000)
+        await _close(socket, NORMAL_CLOSURE)
         await _save_transcript(bridge, services.store)
+
+
+def _handshake_signed(socket: WebSocket[Any, Any, Any], settings: Settings) -> bool:
+    """Check `X-Twilio-Signature` on the upgrade request when Twilio sends one (it signs
+    the wss:// URL with no parameters); its absence is not proof of anything."""
+    signature = socket.headers.get("x-twilio-signature")
+    if signature is None or not settings.twilio_validate_signatures:
+        return True
+    assert settings.twilio_auth_token is not None and settings.stream_url is not None
+    token = settings.twilio_auth_token.get_secret_value()
+    return webhook_signature_valid(token, settings.stream_url, {}, signature)
+
+
+def _refusal(start: Start, services: CallServices) -> str | None:
+    """Why this stream may not become a call, or None when it may."""
+    call_sid = start.start.call_sid
+    if services.settings.twilio_validate_signatures:
+        try:
+            services.tokens.verify(start.start.custom_parameters.get("token"), call_sid)
+        except InvalidToken as error:
+            return str(error)
+    if call_sid in services.active:
+        return "a stream for this call is already open"
+    if len(services.active) >= services.settings.max_concurrent_calls:
+        return "too many concurrent calls"
+    return None
 
 
 async def _receive_start(socket: WebSocket[Any, Any, Any]) -> Start | None:

@@ -7,14 +7,17 @@ from collections.abc import Mapping
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 
-def connect_stream(stream_url: str, parameters: Mapping[str, str]) -> str:
+def connect_stream(
+    stream_url: str, parameters: Mapping[str, str], action_url: str | None = None
+) -> str:
     """Open a bidirectional Media Stream to `stream_url`.
 
-    Nothing follows `</Connect>`: when our server closes the stream the call simply
-    ends, so the caller is never left listening to silence.
+    Nothing follows `</Connect>`. If our server ends the stream while the caller is still
+    on the line (OpenAI unreachable, the session failed), Twilio asks `action_url` what to
+    do next, which answers with a short apology instead of dead air.
     """
     response = VoiceResponse()
-    connect = Connect()
+    connect = Connect(action=action_url) if action_url else Connect()
     stream = connect.stream(url=stream_url)
     for name, value in parameters.items():
         stream.parameter(name=name, value=value)
