@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_serve(commands)
     _add_simulate(commands)
+    # Imported here: the group's module needs `CommandError` from this one.
+    from app.storage.cli import add_commands as add_transcript_commands
+
+    add_transcript_commands(commands)
     return parser
 
 
