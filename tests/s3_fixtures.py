@@ -44,7 +44,7 @@ def aws_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def bucket(moto: MotoS3) -> str:
+def bucket(moto: MotoS3, aws_environment: None) -> str:
     """A fresh, versioned bucket: every PUT leaves a version, so tests count uploads."""
     name = f"calls-{next(_buckets)}"
     client = moto.client()
