@@ -136,5 +136,5 @@ def test_an_unreadable_file_is_a_storage_error_not_a_traceback(tmp_path: Path) -
     path = tmp_path / "transcripts/2026/03/14/CAbroken.json"
     path.parent.mkdir(parents=True)
     path.write_text("{not json")
-    with pytest.raises(StorageError, match="CAbroken.json is not a readable transcript"):
+    with pytest.raises(StorageError, match=r"CAbroken\.json is not a readable transcript"):
         LocalTranscriptStore(tmp_path).get("CAbroken")
