@@ -244,3 +244,17 @@ def test_retention_keeps_the_bucket_s_other_lifecycle_rules(
     assert store.retention() is None
     rules = client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
     assert [rule["ID"] for rule in rules] == ["logs"]
+
+
+def test_a_spool_that_cannot_be_written_falls_back_to_a_direct_upload(
+    make_store: Callable[..., S3TranscriptStore],
+    moto: MotoS3,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "not-a-directory").write_text("")
+    store = make_store(transcript_spool_dir=tmp_path / "not-a-directory")
+    assert store.save(record()) == f"s3://{bucket}/{KEY}"
+    assert versions(moto.client(), bucket, KEY) == 1
+    with pytest.raises(StorageError, match="cannot use the spool directory"):
+        store.start()

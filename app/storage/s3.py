@@ -14,6 +14,7 @@ Everything lives under `transcripts/`, so one lifecycle rule expires all of it.
 from __future__ import annotations
 
 import json
+import logging
 from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -39,6 +40,8 @@ from app.storage.uploader import Backoff, Uploader
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import LifecycleRuleTypeDef
+
+log = logging.getLogger("voicebridge.transcripts")
 
 PREFIX = "transcripts/"
 BY_CALL = "transcripts/by-call/"
@@ -66,7 +69,15 @@ class S3TranscriptStore:
     # --- writing: spool first, upload in the background ---
 
     def save(self, record: Record) -> str:
-        self._spool.put(record)
+        """Spool the record for the uploader; if the spool cannot take it (disk full,
+        permissions), upload it right away instead, still off the event loop."""
+        try:
+            self._spool.put(record)
+        except OSError as error:
+            log.error(
+                "cannot spool transcript %s (%s); uploading it directly", record["call_sid"], error
+            )
+            return self.upload(record)
         self._uploader.notify()
         return f"s3://{self.bucket}/{call_ref(record).key}"
 

@@ -68,8 +68,16 @@ class Uploader:
         self._wake.set()
 
     def start(self) -> None:
+        """Fail fast if the spool is unusable, then deliver leftovers and new saves."""
         if self._thread is not None:
             return
+        try:
+            self._spool.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StorageError(
+                f"cannot use the spool directory {self._spool.directory} "
+                f"(TRANSCRIPT_SPOOL_DIR): {error.strerror}"
+            ) from None
         if self._spool.remove_partial_writes():
             log.warning("removed half-written spool files left by a crash")
         leftovers = len(self._spool.pending())
