@@ -145,7 +145,7 @@ def check_call_sid(call_sid: str) -> str:
 
 def call_ref(record: Record) -> CallRef:
     """Where a record belongs; raises `ValueError` if it is not a transcript record."""
-    if not isinstance(record, dict) or "call_sid" not in record or "started_at" not in record:
+    if "call_sid" not in record or "started_at" not in record:
         raise ValueError("not a transcript record (no call_sid or started_at)")
     day = date.fromisoformat(str(record["started_at"])[:10])  # ValueError if not a date
     call_sid = str(record["call_sid"])

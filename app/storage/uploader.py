@@ -41,6 +41,8 @@ class Backoff:
 
 
 class Uploader:
+    """Delivers the spool with `deliver` on its own thread; counts what happens."""
+
     def __init__(self, spool: Spool, deliver: Deliver, backoff: Backoff | None = None) -> None:
         self._spool = spool
         self._deliver = deliver
