@@ -262,3 +262,25 @@ def test_the_installed_command_prints_no_traceback(
         1,
         "voicebridge: no transcript for call CAnope\n",
     )
+
+
+def test_settings_and_credentials_from_a_dotenv_file_reach_boto3(
+    run: Run,
+    bucket_env: S3TranscriptStore,
+    moto: MotoS3,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    for name in ("TRANSCRIPTS_BUCKET", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "S3_ADDRESSING_STYLE"):
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    (tmp_path / ".env").write_text(
+        f"BUCKET_NAME={bucket}\nAWS_ENDPOINT_URL_S3={moto.endpoint}\nAWS_REGION=us-east-1\n"
+        "S3_ADDRESSING_STYLE=path\nAWS_ACCESS_KEY_ID=from-dotenv\nAWS_SECRET_ACCESS_KEY=x\n"
+    )
+    code, out, _ = run("url", "CAmarch13")
+    assert code == 0
+    assert "X-Amz-Credential=from-dotenv" in out
+    assert json.loads(urllib.request.urlopen(out.strip(), timeout=5).read()) == CALLS[0]
