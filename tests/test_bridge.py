@@ -36,6 +36,7 @@ def started(config: AgentConfig = CONFIG) -> tuple[CallBridge, Clock]:
     message = parse_message(json.dumps(START))
     assert not isinstance(message, rt.Error)
     bridge.start(message)  # type: ignore[arg-type]
+    bridge.session_opened()
     return bridge, clock
 
 
@@ -239,3 +240,64 @@ def test_usage_is_summed_over_responses() -> None:
     assert bridge.transcript is not None
     usage = bridge.transcript.to_record(bridge.transcript.call.started_at)["usage"]
     assert (usage["input_tokens"], usage["output_audio_tokens"], usage["responses"]) == (20, 36, 2)
+
+
+def test_a_replacement_session_is_reseeded_and_gets_the_held_caller_audio() -> None:
+    bridge, clock = started(AgentConfig("m", "i", "ash", "Hi!", "whisper-1"))
+    bridge.realtime_event(
+        server(
+            {
+                "type": "conversation.item.input_audio_transcription.completed",
+                "item_id": "user_1",
+                "content_index": 0,
+                "transcript": "Table for two.",
+            }
+        )
+    )
+    bridge.realtime_event(audio_delta("agent_1", 800))
+    bridge.realtime_event(
+        server(
+            {
+                "type": "response.output_audio_transcript.done",
+                "item_id": "agent_1",
+                "transcript": "Sure.",
+                "response_id": "r",
+                "output_index": 0,
+                "content_index": 0,
+            }
+        )
+    )
+    bridge.session_lost("closed with code 1011")
+    for n in range(200):  # 4 s of caller audio while reconnecting: only the last 3 s kept
+        bridge.twilio_message(parse_message(media(bytes([n % 100]) * 160, 20 * n)))
+    assert bridge.data_to_openai() == []
+    clock.now += 4
+    bridge.session_opened()
+    frames = [json.loads(f) for f in bridge.data_to_openai()]
+    assert frames[0]["type"] == "session.update"
+    assert [f["item"]["content"][0]["text"] for f in frames[1:3]] == ["Table for two.", "Sure."]
+    assert [f["item"]["role"] for f in frames[1:3]] == ["user", "assistant"]
+    appended = [f for f in frames[3:] if f["type"] == "input_audio_buffer.append"]
+    assert len(appended) == 150 == len(frames) - 3, "no second greeting, 3 s of audio"
+    assert base64.b64decode(appended[-1]["audio"]) == bytes([99]) * 160
+
+
+def test_stall_is_noticed_only_while_an_answer_is_owed() -> None:
+    bridge, clock = started()
+    clock.now += 10
+    assert bridge.stalled(timeout_s=5)  # session.update never answered
+    bridge.realtime_event(server({"type": "session.updated", "session": {}}))
+    clock.now += 10
+    assert not bridge.stalled(timeout_s=5)  # a quiet line is not a stall
+
+
+def test_rollover_waits_for_a_pause() -> None:
+    bridge, clock = started()
+    clock.now += 100
+    bridge.realtime_event(server({"type": "response.created", "response": {"id": "r"}}))
+    assert not bridge.due_for_rollover(max_session_s=60)  # the agent is answering
+    bridge.realtime_event(server({"type": "response.done", "response": {"id": "r"}}))
+    bridge.realtime_event(audio_delta("agent_1", 800))
+    assert not bridge.due_for_rollover(max_session_s=60)  # its audio is still playing
+    bridge.playback.interrupt(clock.now)
+    assert bridge.due_for_rollover(max_session_s=60)

@@ -307,8 +307,10 @@ async def test_unknown_events_and_fields_are_violations(bridge: FakeBridge) -> N
         await bridge.wait_started()
         sid = bridge.stream_sid
         payload = base64.b64encode(ms(100)).decode()
-        await bridge.send({"event": "media", "streamSid": sid, "media": {"payload": payload},
-                           "sequenceNumber": "1"})  # fmt: skip
+        extra = {"sequenceNumber": "1"}
+        await bridge.send(
+            {"event": "media", "streamSid": sid, "media": {"payload": payload}} | extra
+        )
         await bridge.send(
             {"event": "media", "streamSid": sid, "media": {"payload": payload, "track": "x"}}
         )

@@ -11,6 +11,7 @@ from app.settings import load_storage_settings
 from app.storage.factory import open_store
 from app.storage.local import LocalTranscriptStore
 from app.storage.s3 import S3TranscriptStore
+from app.storage.s3client import addressing_style
 
 pytest_plugins = ["tests.s3_fixtures"]
 pytestmark = pytest.mark.usefixtures("aws_environment")
@@ -48,3 +49,32 @@ def test_the_bucket_store_gets_region_endpoint_and_addressing_explicitly(
     assert store.client.meta.region_name == "auto"
     assert store.client.meta.endpoint_url == "https://fly.storage.tigris.dev"
     assert store.client.meta.config.s3 == {"addressing_style": "virtual"}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "bucket", "style"),
+    [
+        ("https://fly.storage.tigris.dev", "calls", "virtual"),
+        ("https://0123abc.r2.cloudflarestorage.com", "calls", "virtual"),
+        ("https://fly.storage.tigris.dev", "calls.example.com", "path"),
+        ("http://localhost:9000", "calls", "path"),
+        ("http://minio:9000", "calls", "path"),
+        ("http://127.0.0.1:9000", "calls", "path"),
+        ("http://[::1]:9000", "calls", "path"),
+        (None, "calls", "auto"),
+    ],
+)
+def test_auto_addressing_puts_the_bucket_in_the_host_name_where_it_can(
+    endpoint: str | None, bucket: str, style: str
+) -> None:
+    settings = load_storage_settings(
+        transcripts_bucket=bucket, aws_endpoint_url_s3=endpoint, _env_file=None
+    )
+    assert addressing_style(settings) == style
+    explicit = load_storage_settings(
+        transcripts_bucket=bucket,
+        aws_endpoint_url_s3=endpoint,
+        s3_addressing_style="virtual",
+        _env_file=None,
+    )
+    assert addressing_style(explicit) == "virtual"

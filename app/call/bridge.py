@@ -11,10 +11,14 @@ from __future__ import annotations
 import base64
 import binascii
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 from app.call.playback import BYTES_PER_MS, PlaybackTracker
-from app.call.transcript import CallInfo, Transcript
+from app.call.tools import END_CALL, TRANSFER_CALL
+from app.call.transcript import CallInfo, Transcript, Turn
 from app.realtime import events as rt
 from app.realtime.session import AgentConfig, greeting_instructions, session_update
 from app.telephony.messages import (
@@ -33,7 +37,30 @@ from app.telephony.messages import (
 FRAME_MS = 20
 MAX_FRAME_BYTES = 1600  # 200 ms; Twilio sends 20 ms frames, anything far larger is not audio
 MAX_GAP_FILL_MS = 10_000  # longer gaps are a stalled stream, not omitted silence
+SEED_PREFIX = "vb_seed_"  # ids of the past turns we re-tell a new session
+HELD_AUDIO_FRAMES = 150  # caller audio kept while the Realtime session reconnects: 3 s
 _SILENCE = b"\xff"  # μ-law silence
+
+
+TIME_LIMIT_GOODBYE = (
+    "The call has reached its time limit. Tell the caller so in one short sentence and say goodbye."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRequest:
+    """A user tool the model called; the socket loop runs it off the audio path."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallAction:
+    """Something only Twilio's REST API can do to the call."""
+
+    kind: Literal["hang_up", "transfer"]
 
 
 class CallBridge:
@@ -54,6 +81,23 @@ class CallBridge:
         self.stopped = False
         self.frames_in = 0
         self.frames_out = 0
+        # Realtime session state: several sessions may serve one call (reconnects, rollover).
+        self.sessions = 0
+        self.session_healthy = False
+        self._connected = False
+        self._session_started_at = 0.0
+        self._held_audio: deque[str] = deque(maxlen=HELD_AUDIO_FRAMES)
+        self._awaiting_since: float | None = None
+        self._responding = False
+        self._caller_speaking = False
+        self._lost_at_ms: int | None = None
+        self._turn_ended_at: float | None = None
+        self.first_audio_turn: Turn | None = None
+        # Tools and call control.
+        self.tool_requests: list[ToolRequest] = []
+        self._response_wanted = False
+        self._action: CallAction | None = None
+        self._time_limit_reached = False
 
     # Output ----------------------------------------------------------------------
 
@@ -73,7 +117,7 @@ class CallBridge:
     # Twilio side -----------------------------------------------------------------
 
     def start(self, message: Start) -> CallInfo:
-        """The stream started: set up the call and queue the session configuration."""
+        """The stream started: set up the call; the Realtime session is opened next."""
         info = message.start
         params = info.custom_parameters
         call = CallInfo(
@@ -86,11 +130,66 @@ class CallBridge:
         self.transcript = Transcript(call)
         self._writer = StreamWriter(call.stream_sid)
         self._started_at = self._clock()
-        self._to_openai.append(session_update(self.config))
-        if self.config.greeting:
-            instructions = greeting_instructions(self.config.greeting)
-            self._to_openai.append(rt.create_response(instructions))
         return call
+
+    # Realtime sessions -----------------------------------------------------------
+
+    def session_opened(self) -> None:
+        """A Realtime socket is open: configure it; a replacement session is re-seeded
+        with the conversation so far and gets the caller audio held during the gap."""
+        assert self.transcript is not None
+        now = self._clock()
+        self.sessions += 1
+        self._connected = True
+        self.session_healthy = False
+        self._session_started_at = now
+        self._responding = self._caller_speaking = False
+        self._to_openai.append(session_update(self.config))
+        self._awaiting_since = now
+        if not self.transcript.turns:
+            if self.config.greeting:  # nothing said yet: the agent opens the call
+                instructions = greeting_instructions(self.config.greeting)
+                self._to_openai.append(rt.create_response(instructions))
+        else:
+            for n, turn in enumerate(self.transcript.spoken_turns()):
+                item_id = f"{SEED_PREFIX}{self.sessions}_{n}"
+                self._to_openai.append(rt.conversation_message(item_id, turn.role, turn.text))
+            gap_ms = self.now_ms() - (self._lost_at_ms or 0)
+            self.transcript.note("realtime_reconnected", self.now_ms(), gap_ms=gap_ms)
+            self._to_openai.extend(self._held_audio)
+        self._held_audio.clear()
+
+    def session_lost(self, reason: str) -> None:
+        """The Realtime socket is gone; caller audio is held (bounded) until the next one."""
+        if not self._connected:
+            return
+        assert self.transcript is not None
+        self._connected = False
+        self._awaiting_since = None
+        self._lost_at_ms = self.now_ms()
+        self._to_openai.clear()
+        self.transcript.note("realtime_lost", self._lost_at_ms, reason=reason)
+
+    def give_up(self) -> None:
+        """No Realtime session could be had: the call ends, and the transcript says why."""
+        assert self.transcript is not None
+        self.transcript.note("realtime_unavailable", self.now_ms())
+
+    def stalled(self, timeout_s: float) -> bool:
+        """The session owes us an answer (to a session.update or a turn) for too long."""
+        since = self._awaiting_since
+        return since is not None and self._clock() - since > timeout_s
+
+    def due_for_rollover(self, max_session_s: float) -> bool:
+        """The session is near its lifetime limit and the conversation is at a pause, so
+        moving to a fresh session now cuts nobody off."""
+        return (
+            self._connected
+            and self._clock() - self._session_started_at >= max_session_s
+            and not self._responding
+            and not self._caller_speaking
+            and not self.playback.playing
+        )
 
     def twilio_message(self, message: TwilioMessage | UnknownEvent) -> None:
         """Handle one message from Twilio after `start`.
@@ -104,8 +203,10 @@ class CallBridge:
             self.playback.mark_played(message.mark.name, self._clock())
         elif isinstance(message, Stop):
             self.stopped = True
-        elif isinstance(message, Dtmf | Start):
-            raise MessageError(f"unexpected {type(message).__name__.lower()} message")
+        elif isinstance(message, Dtmf):
+            self._keypress(message.dtmf.digit)
+        elif isinstance(message, Start):
+            raise MessageError("unexpected second start message")
 
     def _media(self, media: MediaPayload) -> None:
         if media.track not in ("inbound", "inbound_track"):
@@ -120,7 +221,24 @@ class CallBridge:
         if media.timestamp:
             self._fill_gap(media.timestamp, size)
         self.frames_in += 1
-        self._to_openai.append(rt.append_audio(payload))
+        self._to_realtime_audio(rt.append_audio(payload))
+
+    def _to_realtime_audio(self, frame: str) -> None:
+        if self._connected:
+            self._to_openai.append(frame)
+        else:
+            self._held_audio.append(frame)
+
+    def _keypress(self, digit: str) -> None:
+        """Keypad presses reach the model as input, and the transcript as a caller turn."""
+        if len(digit) != 1 or digit not in "0123456789*#ABCD":
+            raise MessageError(f"dtmf digit {digit!r}")
+        assert self.transcript is not None
+        turn = self.transcript.turn("caller", f"dtmf_{self.now_ms()}_{digit}", self.now_ms())
+        turn.text, turn.transcribed, turn.dtmf = f"(pressed {digit})", True, digit
+        if self._connected:
+            self._to_openai.append(rt.user_text(f"The caller pressed {digit} on the keypad."))
+            self._request_response()
 
     def _fill_gap(self, timestamp: str, size: int) -> None:
         """Twilio may omit silent frames; server VAD needs the silence to end a turn."""
@@ -135,7 +253,7 @@ class CallBridge:
         gap_ms = at - expected
         if FRAME_MS <= gap_ms <= MAX_GAP_FILL_MS:
             silence = base64.b64encode(_SILENCE * (gap_ms * BYTES_PER_MS)).decode()
-            self._to_openai.append(rt.append_audio(silence))
+            self._to_realtime_audio(rt.append_audio(silence))
 
     # Realtime side ---------------------------------------------------------------
 
@@ -144,12 +262,20 @@ class CallBridge:
         transcript = self.transcript
         if transcript is None:
             return
+        self._awaiting_since = None  # any event proves the session is alive
+        self.session_healthy = True
         if isinstance(event, rt.AudioDelta):
             self._agent_audio(event, transcript)
         elif isinstance(event, rt.SpeechStarted):
-            transcript.turn("caller", event.item_id, event.audio_start_ms)
+            self._caller_speaking = True
+            transcript.turn("caller", event.item_id, self._session_ms(event.audio_start_ms))
             if self.playback.playing:
                 self._barge_in(transcript)
+        elif isinstance(event, rt.SpeechStopped):
+            self._caller_speaking = False
+            self._awaiting_since = self._turn_ended_at = self._clock()
+        elif isinstance(event, rt.ResponseCreated):
+            self._responding = True
         elif isinstance(event, rt.InputTranscriptCompleted):
             transcript.caller_said(event.item_id, event.transcript, self.now_ms())
         elif isinstance(event, rt.InputTranscriptFailed):
@@ -159,7 +285,76 @@ class CallBridge:
         elif isinstance(event, rt.ItemAdded | rt.ItemCreated):
             self._item_added(event.item, transcript)
         elif isinstance(event, rt.ResponseDone):
+            self._responding = False
             self._count_usage(event.response, transcript)
+            if self._response_wanted:
+                self._response_wanted = False
+                self._request_response()
+        elif isinstance(event, rt.FunctionCallArgumentsDone):
+            self._function_call(event, transcript)
+
+    # Tools and call control --------------------------------------------------------
+
+    def _function_call(self, event: rt.FunctionCallArgumentsDone, transcript: Transcript) -> None:
+        transcript.note(
+            "tool_call",
+            self.now_ms(),
+            name=event.name,
+            arguments=event.arguments,
+            call_id=event.call_id,
+        )
+        if event.name == END_CALL:
+            self._action = CallAction("hang_up")
+            self.tool_result(event.call_id, event.name, '{"result": "the call ends now"}', False)
+        elif event.name == TRANSFER_CALL:
+            self._action = CallAction("transfer")
+            self.tool_result(event.call_id, event.name, '{"result": "transferring"}', False)
+        else:
+            self.tool_requests.append(ToolRequest(event.call_id, event.name, event.arguments))
+
+    def tool_result(self, call_id: str, name: str, output: str, respond: bool = True) -> None:
+        """A tool finished: the model gets its output and, usually, a turn to talk about it."""
+        assert self.transcript is not None
+        self.transcript.note(
+            "tool_result", self.now_ms(), name=name, output=output, call_id=call_id
+        )
+        if not self._connected:
+            return
+        self._to_openai.append(rt.function_output(call_id, output))
+        if respond:
+            self._request_response()
+
+    def _request_response(self) -> None:
+        """Ask for a response now, or right after the active one (the API refuses two)."""
+        if self._responding:
+            self._response_wanted = True
+        else:
+            self._to_openai.append(rt.create_response())
+            self._responding = True
+
+    def time_limit_reached(self) -> None:
+        """MAX_CALL_SECONDS: the agent says a short goodbye, then the call ends."""
+        if self._time_limit_reached or self.transcript is None:
+            return
+        self._time_limit_reached = True
+        self.transcript.note("time_limit", self.now_ms())
+        self._action = CallAction("hang_up")
+        if self._connected:
+            self._to_openai.append(rt.create_response(TIME_LIMIT_GOODBYE))
+            self._responding = True
+
+    def due_action(self) -> CallAction | None:
+        """The hang-up or transfer to carry out now: only once the agent's last words
+        (its goodbye, its "I'm transferring you") have been heard, per Twilio's marks."""
+        action = self._action
+        if action is None or self._responding or self.playback.playing:
+            return None
+        self._action = None
+        return action
+
+    def _session_ms(self, audio_ms: int) -> int:
+        """Call time of a position in the current session's input audio."""
+        return int((self._session_started_at - self._started_at) * 1000) + audio_ms
 
     def _agent_audio(self, event: rt.AudioDelta, transcript: Transcript) -> None:
         item_id = event.item_id
@@ -167,7 +362,12 @@ class CallBridge:
             return  # the caller interrupted this item: late audio must not play
         if item_id not in self._agent_items:
             self._agent_items.add(item_id)
-            transcript.turn("agent", item_id, self.now_ms()).start_ms = self.now_ms()
+            turn = transcript.turn("agent", item_id, self.now_ms())
+            turn.start_ms = self.now_ms()
+            if self._turn_ended_at is not None:
+                turn.latency_ms = round((self._clock() - self._turn_ended_at) * 1000)
+                self._turn_ended_at = None
+                self.first_audio_turn = turn  # the socket loop adds its own share
         mark = self.playback.queued(item_id, _decoded_size(event.delta), self._clock())
         self._to_twilio.append(self._writer.media(event.delta))
         self._to_twilio.append(self._writer.mark(mark))
@@ -181,11 +381,12 @@ class CallBridge:
         now_ms = self.now_ms()
         for cut in self.playback.interrupt(self._clock()):
             self._cut_items.add(cut.item_id)
-            self._to_openai.append(rt.truncate(cut.item_id, cut.heard_ms))
+            if self._connected:
+                self._to_openai.append(rt.truncate(cut.item_id, cut.heard_ms))
             transcript.agent_cut(cut.item_id, cut.heard_ms, cut.produced_ms, now_ms)
 
     def _item_added(self, item: rt.Item, transcript: Transcript) -> None:
-        if item.type != "message":
+        if item.type != "message" or item.id.startswith(SEED_PREFIX):
             return
         if item.role == "user":
             transcript.turn("caller", item.id, self.now_ms())

@@ -6,17 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from litestar import WebSocket
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from app.call.bridge import CallBridge
+from app.call.bridge import CallAction, CallBridge, ToolRequest
+from app.call.cost import cost_record
+from app.call.tools import Tool, run_tool
+from app.call.transcript import Turn
 from app.logs import call_sid_var
+from app.metrics import Metrics
 from app.realtime.connection import connect_realtime
 from app.realtime.events import Error, parse_server_event
 from app.realtime.session import AgentConfig
@@ -35,10 +41,19 @@ log = logging.getLogger("voicebridge.call")
 
 START_TIMEOUT_S = 10.0
 TRANSCRIPTION_GRACE_S = 0.8  # after hang-up, wait this long at most for the last caller text
+WATCH_INTERVAL_S = 0.25
 
 
 NORMAL_CLOSURE = 1000
 POLICY_VIOLATION = 1008
+
+
+class CallControl(Protocol):
+    """What Twilio's REST API does for a call: blocking calls, run off the event loop."""
+
+    def hang_up(self, call_sid: str) -> None: ...
+
+    def transfer(self, call_sid: str, number: str) -> None: ...
 
 
 @dataclass
@@ -48,7 +63,10 @@ class CallServices:
     settings: Settings
     store: TranscriptStore
     tokens: StreamTokens
+    metrics: Metrics
     active: set[str] = field(default_factory=set)
+    tools: dict[str, Tool] = field(default_factory=dict)
+    control: CallControl | None = None
     start_timeout_s: float = START_TIMEOUT_S
 
 
@@ -77,19 +95,21 @@ async def handle_media_stream(socket: WebSocket[Any, Any, Any], services: CallSe
         log.warning("rejected a media stream: %s", refusal)
         await _close(socket, POLICY_VIOLATION)
         return
-    bridge = CallBridge(AgentConfig.from_settings(services.settings))
+    schemas = tuple(tool.schema() for tool in services.tools.values())
+    bridge = CallBridge(AgentConfig.from_settings(services.settings, schemas))
     call = bridge.start(start)
     services.active.add(call.call_sid)
     log.info(
         "call started",
         extra={"direction": call.direction, "from_": call.from_number, "to": call.to_number},
     )
+    loops = _CallLoops(socket, bridge, services)
     try:
-        await _bridge_call(socket, bridge, services.settings)
+        await loops.run()
     finally:
         services.active.discard(call.call_sid)
         await _close(socket, NORMAL_CLOSURE)
-        await _save_transcript(bridge, services.store)
+        await _finish(bridge, services, loops.outcome)
 
 
 def _handshake_signed(socket: WebSocket[Any, Any, Any], settings: Settings) -> bool:
@@ -135,77 +155,226 @@ async def _receive_start(socket: WebSocket[Any, Any, Any]) -> Start | None:
             log.warning("ignoring %s message before start", _event_name(message))
 
 
-async def _bridge_call(
-    socket: WebSocket[Any, Any, Any], bridge: CallBridge, settings: Settings
-) -> None:
-    try:
-        realtime = await connect_realtime(settings)
-    except (OSError, TimeoutError, InvalidHandshake) as error:
-        detail = f"HTTP {error.response.status_code}" if isinstance(error, InvalidStatus) else error
-        log.error("could not open the OpenAI Realtime session: %s", detail)
-        return
-    try:
-        await _send_openai(realtime, bridge)
-        from_twilio = asyncio.create_task(_pump_twilio(socket, realtime, bridge))
-        from_openai = asyncio.create_task(_pump_openai(socket, realtime, bridge))
-        await asyncio.wait({from_twilio, from_openai}, return_when=asyncio.FIRST_COMPLETED)
-        if from_twilio.done():
-            log.info("caller hung up" if bridge.stopped else "Twilio stream closed")
-            await _await_transcription(bridge, from_openai)
+class _CallLoops:
+    """The socket loops of one call. Twilio's stream lives for the whole call; Realtime
+    sessions come and go under it (reconnects after a drop or stall, rollover before the
+    session lifetime limit), each re-seeded by the bridge with the conversation so far."""
+
+    def __init__(
+        self, socket: WebSocket[Any, Any, Any], bridge: CallBridge, services: CallServices
+    ) -> None:
+        self.socket = socket
+        self.bridge = bridge
+        self.settings = services.settings
+        self.metrics = services.metrics
+        self.services = services
+        self.realtime: ClientConnection | None = None
+        self.outcome = "stream_closed"
+        self._tool_tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        from_twilio = asyncio.create_task(self._pump_twilio())
+        loop = asyncio.get_running_loop()
+        outage_since = loop.time()
+        try:
+            while not from_twilio.done():
+                deadline = outage_since + self.settings.realtime_reconnect_timeout_s
+                realtime = await self._connect(deadline)
+                if realtime is None:
+                    log.error("giving up on OpenAI Realtime; ending the call")
+                    self.bridge.give_up()
+                    self.outcome = "realtime_unavailable"
+                    break
+                self.realtime = realtime
+                self.bridge.session_opened()
+                try:
+                    await self._send_openai()
+                    reason = await self._serve_session(realtime, from_twilio)
+                finally:
+                    self.realtime = None
+                    await realtime.close()
+                if reason is None:
+                    break
+                if self.bridge.session_healthy:
+                    outage_since = loop.time()  # a working session resets the outage clock
+                log.warning("Realtime session lost (%s); opening a new one", reason)
+                self.bridge.session_lost(reason)
+        finally:
+            await _cancel(from_twilio)
+            for task in list(self._tool_tasks):
+                await _cancel(task)
+
+    async def _connect(self, deadline: float) -> ClientConnection | None:
+        """Open a Realtime session, retrying with backoff until `deadline`; None when
+        OpenAI stays unreachable (the caller then hears the apology, not silence)."""
+        loop = asyncio.get_running_loop()
+        delay = 0.2
+        while True:
+            try:
+                return await connect_realtime(self.settings)
+            except InvalidStatus as error:
+                status = error.response.status_code
+                log.error("OpenAI refused the Realtime session: HTTP %d", status)
+                if status in (401, 403, 404):
+                    return None  # a wrong key or model does not get better by retrying
+            except (OSError, TimeoutError, InvalidHandshake) as error:
+                log.error("could not reach OpenAI Realtime: %s", error)
+            if self.bridge.stopped or loop.time() + delay > deadline:
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _serve_session(
+        self, realtime: ClientConnection, from_twilio: asyncio.Task[None]
+    ) -> str | None:
+        """Bridge until the call ends (None) or the session must be replaced (the reason)."""
+        from_openai = asyncio.create_task(self._pump_openai(realtime))
+        watchdog = asyncio.create_task(self._watch_session())
+        try:
+            await asyncio.wait(
+                {from_twilio, from_openai, watchdog}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if from_twilio.done():
+                if self.bridge.stopped:
+                    self.outcome = "completed"
+                log.info("caller hung up" if self.bridge.stopped else "Twilio stream closed")
+                await _await_transcription(self.bridge, from_openai)
+                return None
+            if watchdog.done():
+                return watchdog.result()
+            return f"closed with code {realtime.close_code}"
+        finally:
+            await _cancel(from_openai)
+            await _cancel(watchdog)
+
+    async def _watch_session(self) -> str:
+        """Returns why the current session should be replaced: it stalled, or it is near
+        its lifetime limit and the conversation is at a pause."""
+        settings = self.settings
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            if self.bridge.now_ms() >= settings.max_call_seconds * 1000:
+                self.bridge.time_limit_reached()
+                await self._send_openai()
+            if self.bridge.stalled(settings.realtime_stall_timeout_s):
+                return "stalled"
+            if self.bridge.due_for_rollover(settings.realtime_session_max_s):
+                return "rollover"
+
+    async def _pump_twilio(self) -> None:
+        """Twilio → bridge → OpenAI, until `stop` or the socket closes."""
+        bridge = self.bridge
+        warned: set[str] = set()
+        while not bridge.stopped:
+            text = await _receive_text(self.socket)
+            if text is None:
+                return
+            try:
+                message = parse_message(text)
+                if isinstance(message, UnknownEvent):
+                    _warn_once(warned, message.event, "ignoring Twilio event %r", message.event)
+                    continue
+                bridge.twilio_message(message)
+            except MessageError as error:
+                _warn_once(warned, str(error), "bad message from Twilio: %s", error)
+                continue
+            with contextlib.suppress(ConnectionClosed):  # the session loop notices the drop
+                await self._send_openai()
+            self._act()
+
+    async def _pump_openai(self, realtime: ClientConnection) -> None:
+        """OpenAI → bridge → Twilio (and back to OpenAI for truncation), until it closes."""
+        bridge = self.bridge
+        clock = time.perf_counter
+        with contextlib.suppress(ConnectionClosed):
+            async for data in realtime:
+                received_at = clock()
+                event = parse_server_event(data)
+                if event is None:
+                    continue
+                if isinstance(event, Error):
+                    log.warning(
+                        "OpenAI error: %s",
+                        event.error.message,
+                        extra={"code": event.error.code, "type": event.error.type},
+                    )
+                bridge.realtime_event(event)
+                for frame in bridge.data_to_twilio():
+                    await self.socket.send_data(frame)
+                if bridge.first_audio_turn is not None:
+                    self._turn_answered(bridge.first_audio_turn, clock() - received_at)
+                    bridge.first_audio_turn = None
+                await self._send_openai()
+                if bridge.tool_requests:
+                    self._run_tools()
+                self._act()
+
+    def _run_tools(self) -> None:
+        """User tools run as their own tasks: the audio keeps flowing meanwhile."""
+        for request in self.bridge.tool_requests:
+            task = asyncio.create_task(self._run_tool(request))
+            self._tool_tasks.add(task)
+            task.add_done_callback(self._tool_tasks.discard)
+        self.bridge.tool_requests.clear()
+
+    async def _run_tool(self, request: ToolRequest) -> None:
+        tool = self.services.tools.get(request.name)
+        if tool is None:
+            output = json.dumps({"error": f"there is no tool called {request.name!r}"})
         else:
-            log.info("OpenAI session ended")
-        for task in (from_twilio, from_openai):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                await task
-    finally:
-        await realtime.close()
+            output = await run_tool(tool, request.arguments, self.settings.tool_timeout_s)
+        log.info("tool %s returned", request.name, extra={"tool_call_id": request.call_id})
+        self.bridge.tool_result(request.call_id, request.name, output)
+        with contextlib.suppress(ConnectionClosed):
+            await self._send_openai()
 
+    def _act(self) -> None:
+        """Carry out a hang-up or transfer once the agent's last words were heard."""
+        action = self.bridge.due_action()
+        if action is None:
+            return
+        task = asyncio.create_task(self._control(action))
+        self._tool_tasks.add(task)
+        task.add_done_callback(self._tool_tasks.discard)
 
-async def _pump_twilio(
-    socket: WebSocket[Any, Any, Any], realtime: ClientConnection, bridge: CallBridge
-) -> None:
-    """Twilio → bridge → OpenAI, until `stop` or the socket closes."""
-    warned: set[str] = set()
-    while not bridge.stopped:
-        text = await _receive_text(socket)
-        if text is None:
+    async def _control(self, action: CallAction) -> None:
+        call_sid = self.bridge.transcript.call.call_sid if self.bridge.transcript else ""
+        control = self.services.control
+        self.outcome = "transferred" if action.kind == "transfer" else "ended_by_agent"
+        if control is None:
+            log.warning("no Twilio REST credentials: ending the stream instead of %s", action.kind)
+            await _close(self.socket, NORMAL_CLOSURE)
             return
         try:
-            message = parse_message(text)
-            if isinstance(message, UnknownEvent):
-                _warn_once(warned, message.event, "ignoring unknown Twilio event %r", message.event)
-                continue
-            bridge.twilio_message(message)
-        except MessageError as error:
-            _warn_once(warned, str(error), "bad message from Twilio: %s", error)
-            continue
-        await _send_openai(realtime, bridge)
+            if action.kind == "transfer":
+                number = self.settings.transfer_number or ""
+                await asyncio.to_thread(control.transfer, call_sid, number)
+            else:
+                await asyncio.to_thread(control.hang_up, call_sid)
+        except Exception as error:
+            log.error("Twilio could not %s the call: %s", action.kind.replace("_", " "), error)
+            await _close(self.socket, NORMAL_CLOSURE)
 
-
-async def _pump_openai(
-    socket: WebSocket[Any, Any, Any], realtime: ClientConnection, bridge: CallBridge
-) -> None:
-    """OpenAI → bridge → Twilio (and back to OpenAI for truncation), until it closes."""
-    async for data in realtime:
-        event = parse_server_event(data)
-        if event is None:
-            continue
-        if isinstance(event, Error):
-            log.warning(
-                "OpenAI error: %s",
-                event.error.message,
-                extra={"code": event.error.code, "type": event.error.type},
+    def _turn_answered(self, turn: Turn, bridge_s: float) -> None:
+        turn.bridge_ms = round(bridge_s * 1000, 3)
+        if turn.latency_ms is not None:
+            self.metrics.turn_latency.observe(turn.latency_ms / 1000)
+            log.info(
+                "agent answered",
+                extra={"latency_ms": turn.latency_ms, "bridge_ms": turn.bridge_ms},
             )
-        bridge.realtime_event(event)
-        for frame in bridge.data_to_twilio():
-            await socket.send_data(frame)
-        await _send_openai(realtime, bridge)
+
+    async def _send_openai(self) -> None:
+        frames = self.bridge.data_to_openai()
+        if self.realtime is not None:
+            for frame in frames:
+                await self.realtime.send(frame)
 
 
-async def _send_openai(realtime: ClientConnection, bridge: CallBridge) -> None:
-    for frame in bridge.data_to_openai():
-        await realtime.send(frame)
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _await_transcription(bridge: CallBridge, from_openai: asyncio.Task[None]) -> None:
@@ -239,19 +408,33 @@ async def _close(socket: WebSocket[Any, Any, Any], code: int) -> None:
             await socket.close(code)
 
 
-async def _save_transcript(bridge: CallBridge, store: TranscriptStore) -> None:
+async def _finish(bridge: CallBridge, services: CallServices, outcome: str) -> None:
+    """Count the call and save its transcript (off the event loop)."""
     transcript = bridge.transcript
     if transcript is None:
         return
     record = transcript.to_record(ended_at=datetime.now(UTC))
+    record["outcome"] = outcome
+    record["cost"] = cost_record(
+        bridge.config.model, transcript.usage, services.settings.model_prices
+    )
+    services.metrics.call_finished(
+        outcome, transcript, bridge.frames_in, bridge.frames_out, record["cost"]["estimated_usd"]
+    )
     try:
-        where = await asyncio.to_thread(store.save, record)
+        where = await asyncio.to_thread(services.store.save, record)
     except Exception:
         log.exception("could not save the transcript")
         return
     log.info(
         "call ended; transcript saved",
-        extra={"turns": len(record["turns"]), "duration_s": record["duration_s"], "to": where},
+        extra={
+            "outcome": outcome,
+            "turns": len(record["turns"]),
+            "duration_s": record["duration_s"],
+            "cost_usd": record["cost"]["estimated_usd"],
+            "to": where,
+        },
     )
 
 

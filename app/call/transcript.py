@@ -7,8 +7,9 @@ seen, and filled in whenever their text arrives.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from statistics import median_low
 from typing import Any, Literal
 
 Role = Literal["caller", "agent"]
@@ -24,9 +25,17 @@ class Turn:
     heard_ms: int | None = None
     spoken_ms: int | None = None
     transcribed: bool = False
+    latency_ms: int | None = None  # caller's turn end (VAD) → first agent audio to Twilio
+    bridge_ms: float | None = None  # of which spent in this bridge
+    dtmf: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         turn: dict[str, Any] = {"role": self.role, "text": self.text, "start_ms": self.start_ms}
+        if self.dtmf is not None:
+            turn["dtmf"] = self.dtmf
+        if self.latency_ms is not None:
+            turn["latency_ms"] = self.latency_ms
+            turn["bridge_ms"] = self.bridge_ms
         if self.role == "caller" and not self.transcribed:
             turn["transcribed"] = False
         if self.interrupted:
@@ -65,7 +74,7 @@ class Transcript:
         self.call = call
         self._turns: dict[str, Turn] = {}
         self.usage = TokenUsage()
-        self.notes: list[str] = []
+        self.events: list[dict[str, Any]] = []
 
     def turn(self, role: Role, item_id: str, start_ms: int) -> Turn:
         """The turn for `item_id`, created at `start_ms` if this is its first mention."""
@@ -87,6 +96,21 @@ class Transcript:
         turn.interrupted = True
         turn.heard_ms = heard_ms
         turn.spoken_ms = spoken_ms
+
+    def latency_summary(self) -> dict[str, int | None]:
+        """Per call: how fast the agent answered (p50 and worst), over the turns measured."""
+        measured = sorted(t.latency_ms for t in self._turns.values() if t.latency_ms is not None)
+        if not measured:
+            return {"turns": 0, "p50_ms": None, "max_ms": None}
+        return {"turns": len(measured), "p50_ms": median_low(measured), "max_ms": measured[-1]}
+
+    def note(self, kind: str, at_ms: int, **details: Any) -> None:
+        """Record something that happened to the call itself (a reconnect, a time limit…)."""
+        self.events.append({"type": kind, "at_ms": at_ms, **details})
+
+    def spoken_turns(self) -> list[Turn]:
+        """Turns with words in them, for re-seeding a new Realtime session."""
+        return [turn for turn in self._turns.values() if turn.text]
 
     @property
     def untranscribed_caller_turns(self) -> int:
@@ -113,17 +137,9 @@ class Transcript:
                 for turn in self._turns.values()
                 if turn.text or turn.interrupted or turn.role == "caller"
             ],
-            "usage": {
-                "input_tokens": self.usage.input_tokens,
-                "output_tokens": self.usage.output_tokens,
-                "input_audio_tokens": self.usage.input_audio_tokens,
-                "input_text_tokens": self.usage.input_text_tokens,
-                "input_cached_tokens": self.usage.input_cached_tokens,
-                "output_audio_tokens": self.usage.output_audio_tokens,
-                "output_text_tokens": self.usage.output_text_tokens,
-                "responses": self.usage.responses,
-            },
-            "notes": self.notes,
+            "usage": asdict(self.usage),
+            "latency": self.latency_summary(),
+            "events": self.events,
         }
 
 

@@ -176,5 +176,29 @@ def create_response(instructions: str | None = None) -> str:
     return _encode(event).decode()
 
 
+def conversation_message(item_id: str, role: str, text: str) -> str:
+    """A past turn, re-told to a new session: caller turns as user text, agent turns as
+    assistant text (a new session cannot be given the old audio)."""
+    user = role == "caller"
+    item = {
+        "id": item_id,
+        "type": "message",
+        "role": "user" if user else "assistant",
+        "content": [{"type": "input_text" if user else "output_text", "text": text}],
+    }
+    return _encode({"type": "conversation.item.create", "item": item}).decode()
+
+
+def user_text(text: str) -> str:
+    """Something the caller did that isn't speech (a keypress), told to the model as text."""
+    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+    return _encode({"type": "conversation.item.create", "item": item}).decode()
+
+
+def function_output(call_id: str, output: str) -> str:
+    item = {"type": "function_call_output", "call_id": call_id, "output": output}
+    return _encode({"type": "conversation.item.create", "item": item}).decode()
+
+
 def encode(event: dict[str, Any]) -> str:
     return _encode(event).decode()

@@ -20,10 +20,14 @@ class AgentConfig:
     transcription_model: str
     vad_threshold: float = 0.5
     vad_silence_ms: int = 500
+    tools: tuple[dict[str, Any], ...] = ()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AgentConfig:
+    def from_settings(
+        cls, settings: Settings, tools: tuple[dict[str, Any], ...] = ()
+    ) -> AgentConfig:
         return cls(
+            tools=tools,
             model=settings.openai_realtime_model,
             instructions=settings.instructions,
             voice=settings.agent_voice,
@@ -61,6 +65,9 @@ def session_update(config: AgentConfig) -> str:
             "output": {"format": {"type": "audio/pcmu"}, "voice": config.voice},
         },
     }
+    if config.tools:
+        session["tools"] = list(config.tools)
+        session["tool_choice"] = "auto"
     return encode({"type": "session.update", "session": session})
 
 

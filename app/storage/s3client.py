@@ -7,9 +7,11 @@ Everything is passed explicitly because boto3 reads only the process environment
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
@@ -23,7 +25,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from pydantic import SecretStr
 
-from app.settings import StorageSettings
+from app.settings import AddressingStyle, StorageSettings
 from app.storage.base import StorageError
 
 if TYPE_CHECKING:
@@ -49,7 +51,7 @@ def s3_client(settings: StorageSettings) -> S3Client:
     )
     config = Config(
         signature_version="s3v4",  # presigned links on every S3-compatible service
-        s3={"addressing_style": settings.s3_addressing_style},
+        s3={"addressing_style": addressing_style(settings)},
         # Attempts per request: AWS_MAX_ATTEMPTS (default 3); the spool retries beyond.
         retries={"mode": "standard"},
         connect_timeout=5,
@@ -64,6 +66,34 @@ def s3_client(settings: StorageSettings) -> S3Client:
         region_name=settings.aws_region,
         config=config,
     )
+
+
+def addressing_style(settings: StorageSettings) -> AddressingStyle:
+    """What `S3_ADDRESSING_STYLE=auto` means here.
+
+    botocore's own `auto` picks path style for every custom endpoint, which Tigris
+    refuses for new buckets. So: virtual-hosted (`bucket.host`) for an endpoint with a DNS
+    name (Tigris, R2, B2), path style where a bucket cannot go in front of the host (an IP
+    address, `localhost`, a single-label name such as a compose service) or would break
+    TLS (a bucket name with dots); AWS itself (no endpoint) is left to botocore.
+    """
+    style = settings.s3_addressing_style
+    endpoint = settings.aws_endpoint_url_s3
+    if style != "auto" or endpoint is None:
+        return style
+    host = urlsplit(endpoint).hostname or ""
+    bucket = settings.transcripts_bucket or ""
+    if "." not in host or "." in bucket or _is_ip(host):
+        return "path"
+    return "virtual"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def is_missing(error: ClientError) -> bool:

@@ -1366,8 +1366,15 @@ class RealtimeDouble:
         self.lines_played = 0
         self.utterances = 0
         self._server: Server | None = None
+        self._live: set[_Connection] = set()
 
     # ----------------------------------------------------------------- lifecycle
+
+    async def drop(self, code: int = 1011, reason: str = "internal server error") -> None:
+        """Close every open connection now, as a failing server would (fault injection)."""
+        for conn in list(self._live):
+            conn.record.dropped = True
+            await conn.ws.close(code, reason)
 
     async def start(self) -> RealtimeDouble:
         self._server = await serve(
@@ -1551,6 +1558,7 @@ class RealtimeDouble:
             self._internal_error(exc)
             return
         conn = _Connection(self, ws, record)
+        self._live.add(conn)
         try:
             await conn.run()
         except ConnectionClosed:
@@ -1566,6 +1574,7 @@ class RealtimeDouble:
                     await asyncio.wait_for(ws.wait_closed(), 2.0)
             except Exception as exc:
                 self._internal_error(exc)
+            self._live.discard(conn)
             record.closed = True
             record.close_code = ws.close_code
             record.close_reason = ws.close_reason

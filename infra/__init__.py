@@ -1,0 +1,1 @@
+"""Production setup tooling (Fly.io). Not part of the runtime package or the image."""
