@@ -7,7 +7,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 RUN := $(UV) run --locked
 
-.PHONY: test lint typecheck pytest run sync docker-lint
+.PHONY: test lint typecheck pytest run dev sync docker-lint
 
 test: lint docker-lint typecheck pytest ## lint, type-check and run the whole test suite
 
@@ -33,3 +33,6 @@ pytest: sync
 
 run: sync ## start the server locally (settings from the environment / .env)
 	$(RUN) voicebridge serve --host 127.0.0.1 --port $${PORT:-8080}
+
+dev: sync ## call your agent from your phone: server with reload + ngrok tunnel + number pointed at it
+	$(RUN) voicebridge dev --port $${PORT:-8080}

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.settings import SettingsError, load_settings
+from app.settings import DevSettings, SettingsError, TwilioSettings, load_settings, load_settings_as
 
 
 class CommandError(Exception):
@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_serve(commands)
+    _add_dev(commands)
+    _add_twilio(commands)
     _add_simulate(commands)
     # Imported here: the group's module needs `CommandError` from this one.
     from app.storage.cli import add_commands as add_transcript_commands
@@ -53,7 +55,27 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--host", default="0.0.0.0", help="interface to listen on")  # noqa: S104
     serve.add_argument("--port", type=int, default=None, help="port (default: $PORT or 8080)")
+    serve.add_argument("--reload", action="store_true", help="restart when app/ code changes")
     serve.set_defaults(run=_serve)
+
+
+def _add_dev(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dev = commands.add_parser(
+        "dev",
+        help="develop against your phone: server with reload, ngrok tunnel, number pointed at it",
+    )
+    dev.add_argument("--port", type=int, default=None, help="local port (default: $PORT or 8080)")
+    dev.set_defaults(run=_dev)
+
+
+def _add_twilio(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    twilio = commands.add_parser("twilio", help="configure your Twilio number")
+    actions = twilio.add_subparsers(title="actions", required=True, metavar="ACTION")
+    point = actions.add_parser(
+        "point-number", help="send TWILIO_PHONE_NUMBER's calls to URL (its voice webhook, POST)"
+    )
+    point.add_argument("url", help="https://host/twilio/voice, or just https://host")
+    point.set_defaults(run=_point_number)
 
 
 def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -73,24 +95,43 @@ def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from app.logs import configure_logging
     from app.main import create_app
+    from app.server import run, run_reloading
 
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings)
-    port = args.port or int(os.environ.get("PORT", "8080"))
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=port,
-        log_config=None,
-        ws_max_size=64 * 1024,  # Twilio frames are ~300 bytes; a flood is refused early
-        proxy_headers=True,
-        forwarded_allow_ips="*",
-    )
+    app = create_app(settings)  # with --reload too: bad settings stop us here, readably
+    if args.reload:
+        run_reloading(settings, args.host, _port(args))
+    else:
+        run(app, settings, args.host, _port(args))
+    return 0
+
+
+def _port(args: argparse.Namespace) -> int:
+    return int(args.port or os.environ.get("PORT", "8080"))
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from app.dev import DevDependencies, run_dev
+
+    return run_dev(load_settings_as(DevSettings), _port(args), DevDependencies.real())
+
+
+def _point_number(args: argparse.Namespace) -> int:
+    from app.telephony.rest import TwilioAccountError, TwilioNumber, voice_webhook_url
+
+    try:
+        url = voice_webhook_url(args.url)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    settings = load_settings_as(TwilioSettings)
+    try:
+        previous = TwilioNumber.from_settings(settings).point_number(url)
+    except TwilioAccountError as error:
+        raise CommandError(str(error)) from None
+    print(f"{settings.twilio_phone_number} now sends calls to {url} (POST); before: {previous}")
     return 0
 
 

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
+import logging.config
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import Any
 
 call_sid_var: ContextVar[str] = ContextVar("call_sid", default="-")
 
-_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "call_sid"}
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "call_sid",
+    "color_message",  # uvicorn's duplicate of the message, with ANSI colours
+}
 
 
 class _CallContext(logging.Filter):
@@ -64,13 +70,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def logging_config(level: str = "INFO", fmt: str = "text") -> dict[str, Any]:
+    """Our logging as a `dictConfig` dict: uvicorn's reloader applies it in each worker
+    process it spawns, which does not inherit the parent's handlers."""
+    formatter = JsonFormatter if fmt == "json" else TextFormatter
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"call": {"()": _CallContext}},
+        "formatters": {"line": {"()": formatter}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stderr",
+                "filters": ["call"],
+                "formatter": "line",
+            }
+        },
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+        # Their own handlers removed, these propagate to ours.
+        "loggers": {
+            name: {"handlers": [], "propagate": True}
+            for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "litestar")
+        },
+    }
+
+
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_CallContext())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "litestar"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
+    logging.config.dictConfig(logging_config(level, fmt))

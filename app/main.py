@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import asdict
 from typing import Any
 
-from litestar import Litestar, MediaType, Request, WebSocket, get, post, websocket
+from litestar import Litestar, MediaType, Request, Response, WebSocket, get, post, websocket
 from litestar.exceptions import PermissionDeniedException
 
 from app.call.stream import CallServices, handle_media_stream
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
             "TWILIO_VALIDATE_SIGNATURES=false: anyone can call the webhooks and open streams. "
             "Use this for local experiments only."
         )
-    active: set[str] = set()
+    active: dict[str, Any] = {}
     services = CallServices(
         settings,
         store or open_store(settings),
@@ -94,6 +94,9 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
         if stream_url is None:
             log.error("PUBLIC_BASE_URL is not set: cannot tell Twilio where to stream")
             return twiml.say_and_hang_up(NOT_CONFIGURED)
+        if services.draining:
+            log.warning("draining: turning a new call away")
+            return twiml.say_and_hang_up(ALL_LINES_BUSY)
         if len(services.active) >= settings.max_concurrent_calls:
             log.warning("all lines busy (%d calls): turning a call away", len(services.active))
             return twiml.say_and_hang_up(ALL_LINES_BUSY)
@@ -125,16 +128,19 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
         return services.metrics.exposition()
 
     @get("/healthz", media_type=MediaType.JSON)
-    async def healthz() -> dict[str, Any]:
-        health: dict[str, Any] = {"status": "ok", "active_calls": len(services.active)}
+    async def healthz() -> Response[dict[str, Any]]:
+        """503 while draining, so the proxy sends new calls to other machines."""
+        status = "draining" if services.draining else "ok"
+        body: dict[str, Any] = {"status": status, "active_calls": len(services.active)}
         if isinstance(services.store, BackgroundDelivery):
-            health["transcripts"] = asdict(services.store.stats)
-        return health
+            body["transcripts"] = asdict(services.store.stats)
+        return Response(body, status_code=503 if services.draining else 200)
 
     app = Litestar(
         route_handlers=[voice_webhook, stream_ended, media_stream, metrics, healthz],
         lifespan=[_transcript_delivery(services.store, settings.transcript_flush_timeout_s)],
         debug=False,
+        logging_config=None,  # ours (app.logs), with the CallSid on every line
     )
     app.state.services = services
     return app

@@ -7,12 +7,20 @@ message that lists every problem and how to fix it (`SettingsError`), never a tr
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_INSTRUCTIONS = (
@@ -41,7 +49,14 @@ HINTS: dict[str, str] = {
     "TRANSCRIPT_SPOOL_DIR": "a writable directory where transcripts wait for upload",
     "TRANSCRIPT_FLUSH_TIMEOUT_S": "seconds to keep uploading at shutdown, 0-300 (Fly kill_timeout)",
     "TWILIO_ACCOUNT_SID": "your Twilio Account SID (starts with AC, from console.twilio.com)",
+    "TWILIO_AUTH_TOKEN": "your Twilio Auth Token, beside the Account SID on console.twilio.com",
     "TWILIO_PHONE_NUMBER": "your Twilio number in E.164 form, e.g. +15551234567",
+    "NGROK_AUTHTOKEN": (
+        "your ngrok authtoken (https://dashboard.ngrok.com/get-started/your-authtoken); "
+        "or set PUBLIC_BASE_URL if you run your own tunnel"
+    ),
+    "NGROK_DOMAIN": "a domain of your ngrok account (https://dashboard.ngrok.com/domains)",
+    "NGROK_PATH": "an ngrok agent executable on disk; unset, pyngrok finds or downloads one",
 }
 
 
@@ -138,8 +153,14 @@ class Settings(StorageSettings):
     tool_timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0
     transfer_number: str | None = None
 
+    drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 120.0
+
     max_concurrent_calls: Annotated[int, Field(ge=1)] = 100
     max_call_seconds: Annotated[int, Field(ge=10)] = 7200
+
+    ngrok_authtoken: SecretStr | None = None
+    ngrok_domain: str | None = None
+    ngrok_path: Path | None = None
 
     log_level: str = "INFO"
     log_format: Annotated[str, Field(pattern="^(text|json)$")] = "text"
@@ -191,6 +212,28 @@ class Settings(StorageSettings):
             raise ValueError("must be in E.164 form, e.g. +15551234567")
         return value or None
 
+    @field_validator("ngrok_domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        """Accept the domain as the dashboard shows it, with or without https://."""
+        if value is None or not value.strip():
+            return None
+        domain = value.strip().removeprefix("https://").removeprefix("http://").rstrip("/")
+        if "/" in domain or "." not in domain:
+            raise ValueError("must be a domain such as your-name.ngrok-free.app")
+        return domain
+
+    @field_validator("ngrok_path")
+    @classmethod
+    def _executable(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        if not value.is_file():
+            raise ValueError(f"no ngrok agent at {value}")
+        if not os.access(value, os.X_OK):
+            raise ValueError(f"{value} is not executable")
+        return value
+
     def serving_problems(self) -> list[tuple[str, str]]:
         """Problems that only matter to a server taking calls (the CLI runs without)."""
         if self.twilio_validate_signatures and self.twilio_auth_token is None:
@@ -237,22 +280,56 @@ class Settings(StorageSettings):
         return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/media-stream"
 
 
-_S = TypeVar("_S", bound=StorageSettings)
+class TwilioSettings(Settings):
+    """Settings of commands that configure the Twilio number: its account is required."""
+
+    twilio_account_sid: str
+    twilio_auth_token: SecretStr
+    twilio_phone_number: str
+
+    @field_validator(
+        "twilio_account_sid", "twilio_auth_token", "twilio_phone_number", mode="before"
+    )
+    @classmethod
+    def _not_blank(cls, value: Any) -> Any:
+        """A line like `TWILIO_AUTH_TOKEN=` copied from .env.example counts as not set."""
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("not set")
+        return value
+
+
+class DevSettings(TwilioSettings):
+    """`voicebridge dev` also opens an ngrok tunnel, unless PUBLIC_BASE_URL names your own."""
+
+    ngrok_authtoken: SecretStr | None = Field(default=None, validate_default=True)
+
+    @field_validator("ngrok_authtoken")
+    @classmethod
+    def _tunnel_needs_token(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # Validated after PUBLIC_BASE_URL (field order), so `info.data` already holds it.
+        blank = value is None or not value.get_secret_value().strip()
+        if blank and info.data.get("public_base_url") is None:
+            raise ValueError("not set")
+        return value
+
+
+SettingsT = TypeVar("SettingsT", bound=StorageSettings)
 
 
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings, turning every validation problem into one `SettingsError`."""
-    return _load(Settings, overrides)
+    return load_settings_as(Settings, **overrides)
 
 
 def load_storage_settings(**overrides: Any) -> StorageSettings:
     """Only the transcript-storage settings (what the `transcripts` commands need)."""
-    return _load(StorageSettings, overrides)
+    return load_settings_as(StorageSettings, **overrides)
 
 
-def _load(kind: type[_S], overrides: dict[str, Any]) -> _S:
+def load_settings_as(model: type[SettingsT], **overrides: Any) -> SettingsT:
+    """Read the settings a command needs (`TwilioSettings`, `DevSettings`…), problems in one go."""
     try:
-        return kind(**overrides)
+        return model(**overrides)
     except ValidationError as error:
         raise SettingsError(_problems(error)) from None
 

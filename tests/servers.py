@@ -51,3 +51,44 @@ async def serve(app: Litestar) -> AsyncIterator[RunningServer]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
+
+
+@dataclass
+class ServerProcess(RunningServer):
+    process: asyncio.subprocess.Process
+
+
+@contextlib.asynccontextmanager
+async def serve_process(env: dict[str, str]) -> AsyncIterator[ServerProcess]:
+    """`python -m app serve` as its own process, the way production runs it."""
+    import os
+    import sys
+
+    import httpx
+
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        env={"PATH": os.environ["PATH"], **env},
+    )
+    try:
+        async with httpx.AsyncClient() as client:
+            for _ in range(200):
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                        break
+                if process.returncode is not None:
+                    raise RuntimeError(f"server exited with {process.returncode}")
+                await asyncio.sleep(0.05)
+        yield ServerProcess(app=None, port=port, process=process)  # type: ignore[arg-type]
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -177,5 +177,5 @@ async def test_killed_streams_leak_nothing(
             lambda: len(asyncio.all_tasks()) <= tasks_before and open_fds() <= fds_before,
             timeout=5,
         )
-        assert server.app.state.services.active == set()
+        assert server.app.state.services.active == {}
     assert len(list(Path(settings.transcripts_dir).rglob("*.json"))) == 30

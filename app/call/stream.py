@@ -64,7 +64,8 @@ class CallServices:
     store: TranscriptStore
     tokens: StreamTokens
     metrics: Metrics
-    active: set[str] = field(default_factory=set)
+    active: dict[str, _CallLoops] = field(default_factory=dict)
+    draining: bool = False
     tools: dict[str, Tool] = field(default_factory=dict)
     control: CallControl | None = None
     start_timeout_s: float = START_TIMEOUT_S
@@ -98,16 +99,16 @@ async def handle_media_stream(socket: WebSocket[Any, Any, Any], services: CallSe
     schemas = tuple(tool.schema() for tool in services.tools.values())
     bridge = CallBridge(AgentConfig.from_settings(services.settings, schemas))
     call = bridge.start(start)
-    services.active.add(call.call_sid)
+    loops = _CallLoops(socket, bridge, services)
+    services.active[call.call_sid] = loops
     log.info(
         "call started",
         extra={"direction": call.direction, "from_": call.from_number, "to": call.to_number},
     )
-    loops = _CallLoops(socket, bridge, services)
     try:
         await loops.run()
     finally:
-        services.active.discard(call.call_sid)
+        services.active.pop(call.call_sid, None)
         await _close(socket, NORMAL_CLOSURE)
         await _finish(bridge, services, loops.outcome)
 
@@ -203,6 +204,13 @@ class _CallLoops:
             await _cancel(from_twilio)
             for task in list(self._tool_tasks):
                 await _cancel(task)
+
+    async def wrap_up(self) -> None:
+        """The server is going away: the agent says a short goodbye and the call ends
+        once it has been heard, instead of being cut off mid-word."""
+        self.bridge.time_limit_reached()
+        with contextlib.suppress(ConnectionClosed):
+            await self._send_openai()
 
     async def _connect(self, deadline: float) -> ClientConnection | None:
         """Open a Realtime session, retrying with backoff until `deadline`; None when
@@ -369,6 +377,24 @@ class _CallLoops:
         if self.realtime is not None:
             for frame in frames:
                 await self.realtime.send(frame)
+
+
+async def drain(services: CallServices, timeout_s: float, wrap_up_s: float) -> None:
+    """Stop taking calls and let the live ones finish: the last `wrap_up_s` seconds before
+    `timeout_s` are the agents' cue to say goodbye. Returns when no call is left or at the
+    deadline, whichever comes first."""
+    services.draining = True
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    log.warning("draining: %d live calls, at most %.0f s", len(services.active), timeout_s)
+    wrapped_up = False
+    while services.active and loop.time() < deadline:
+        if not wrapped_up and loop.time() >= deadline - wrap_up_s:
+            wrapped_up = True
+            for call in list(services.active.values()):
+                await call.wrap_up()
+        await asyncio.sleep(0.1)
+    log.warning("drained; %d calls were still live", len(services.active))
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:
