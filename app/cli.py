@@ -95,11 +95,12 @@ def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from app.logs import configure_logging
+    from app.logs import configure_logging, register_secrets
     from app.main import create_app
     from app.server import run, run_reloading
 
     settings = load_settings()
+    register_secrets(*settings.secret_values())
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)  # with --reload too: bad settings stop us here, readably
     if args.reload:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import re
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -23,9 +24,31 @@ _RESERVED = set(vars(logging.makeLogRecord({}))) | {
 }
 
 
+# Credentials that libraries may log at DEBUG level (websockets logs request headers).
+_CREDENTIALS = re.compile(r"(?i)(bearer|basic)\s+[^\s'\",)]+|\bsk-[A-Za-z0-9_-]{6,}")
+_secret_values: set[str] = set()
+
+
+def register_secrets(*values: str | None) -> None:
+    """Values that must never reach a log line (API keys, tokens), wherever they appear."""
+    _secret_values.update(v for v in values if v and len(v) >= 6)
+
+
+def redact(text: str) -> str:
+    for value in _secret_values:
+        text = text.replace(value, "***")
+    return _CREDENTIALS.sub(lambda m: f"{m.group(1)} ***" if m.group(1) else "sk-***", text)
+
+
 class _CallContext(logging.Filter):
+    """Adds the CallSid, and scrubs credentials from the message before any formatter."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         record.call_sid = call_sid_var.get()
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
         return True
 
 
@@ -90,8 +113,13 @@ def logging_config(level: str = "INFO", fmt: str = "text") -> dict[str, Any]:
         "root": {"level": level.upper(), "handlers": ["stderr"]},
         # Their own handlers removed, these propagate to ours.
         "loggers": {
-            name: {"handlers": [], "propagate": True}
-            for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "litestar")
+            **{
+                name: {"handlers": [], "propagate": True}
+                for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "litestar")
+            },
+            # Frame-level protocol chatter: never per-frame logging, even at DEBUG.
+            "websockets": {"level": "INFO"},
+            "uvicorn.protocols.websockets": {"level": "INFO"},
         },
     }
 

@@ -247,6 +247,15 @@ class Settings(StorageSettings):
             ]
         return []
 
+    def secret_values(self) -> list[str]:
+        """Every secret this process knows, for the log scrubber."""
+        values = [
+            value.get_secret_value()
+            for value in vars(self).values()
+            if isinstance(value, SecretStr)
+        ]
+        return [*values, os.environ.get("AWS_SECRET_ACCESS_KEY", "")]
+
     def stream_signing_key(self) -> bytes:
         """The key of the stream tokens: shared by every machine of a deployment, so any
         of them can check a token another issued. Derived from a secret they all have."""

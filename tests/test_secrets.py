@@ -42,10 +42,10 @@ def assert_no_secret(text: str) -> None:
 
 
 async def test_a_whole_call_logs_no_secret(
+    capfd: pytest.CaptureFixture[str],
     debug_logging: None,
     realtime: RealtimeDouble,
     make_settings: Callable[..., Settings],
-    capfd: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRETS["AWS_SECRET_ACCESS_KEY"])
@@ -81,3 +81,13 @@ def test_a_failing_start_up_prints_no_secret(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "OPENAI_REALTIME_URL" in result.stderr
     assert_no_secret(result.stdout + result.stderr)
+
+
+def test_credentials_are_scrubbed_from_any_log_line() -> None:
+    from app.logs import redact, register_secrets
+
+    register_secrets("twilio-token-abcdef")
+    line = redact(
+        "> Authorization: Bearer sk-abc123456 token=twilio-token-abcdef key sk-proj-zzzzzzzz"
+    )
+    assert line == "> Authorization: Bearer *** token=*** key sk-***"
