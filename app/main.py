@@ -19,6 +19,8 @@ from app.settings import Settings, SettingsError, load_settings
 from app.storage.base import BackgroundDelivery, TranscriptStore
 from app.storage.factory import open_store
 from app.telephony import twiml
+from app.telephony.control import TwilioCallControl
+from app.telephony.rest import create_client
 from app.telephony.signatures import StreamTokens, webhook_signature_valid
 
 log = logging.getLogger("voicebridge.app")
@@ -37,6 +39,18 @@ def _tools(settings: Settings) -> list[Tool]:
     except ToolsError as error:
         raise SettingsError([("AGENT_TOOLS", str(error))]) from None
     return builtin_tools(settings.transfer_number) + custom
+
+
+def _call_control(settings: Settings) -> TwilioCallControl | None:
+    """Hang-ups and transfers need the REST API, i.e. the account SID and auth token."""
+    if settings.twilio_account_sid is None or settings.twilio_auth_token is None:
+        return None
+    client = create_client(
+        settings.twilio_account_sid,
+        settings.twilio_auth_token.get_secret_value(),
+        api_base_url=settings.twilio_api_base_url,
+    )
+    return TwilioCallControl(client)
 
 
 def create_app(settings: Settings | None = None, store: TranscriptStore | None = None) -> Litestar:
@@ -59,6 +73,7 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
         Metrics(lambda: len(active)),
         active,
         tools={tool.name: tool for tool in _tools(settings)},
+        control=_call_control(settings),
     )
 
     async def twilio_form(request: Request[Any, Any, Any]) -> dict[str, str]:

@@ -243,8 +243,8 @@ class _CallLoops:
                 {from_twilio, from_openai, watchdog}, return_when=asyncio.FIRST_COMPLETED
             )
             if from_twilio.done():
-                if self.bridge.stopped:
-                    self.outcome = "completed"
+                if self.bridge.stopped and self.outcome == "stream_closed":
+                    self.outcome = "completed"  # unless the agent ended or transferred it
                 log.info("caller hung up" if self.bridge.stopped else "Twilio stream closed")
                 await _await_transcription(self.bridge, from_openai)
                 return None

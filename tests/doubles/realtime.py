@@ -278,7 +278,8 @@ class AgentLine:
 
     `audio` is μ-law 8 kHz; None synthesizes a tone of 300 ms per word (at least 500 ms).
     With `function_call=(name, arguments_json)` the response is a function call instead
-    of audio (text and audio are then unused).
+    of audio; with `audio` as well, the agent speaks first and then calls the function in
+    the same response (a goodbye before `end_call`).
     """
 
     text: str = ""
@@ -986,7 +987,7 @@ class _Connection:
             )
             return
         line = self.double._next_line()
-        if line.function_call is None:
+        if line.function_call is None or line.audio is not None:
             fmt = self.format_of("output")
             if fmt != "audio/pcmu":
                 self.violation_once(
@@ -1060,10 +1061,11 @@ class _Connection:
             )
             output: list[JSON] = []
             if not active.cancel.is_set():
-                if record.line.function_call is not None:
+                line = record.line
+                if line.function_call is None or line.audio is not None:
+                    output.append(await self.audio_reply(active))  # spoken, then maybe a call
+                if line.function_call is not None and not active.cancel.is_set():
                     output.append(await self.function_call(active))
-                else:
-                    output.append(await self.audio_reply(active))
             record.status = "cancelled" if active.cancel.is_set() else "completed"
             record.usage = self.usage(record)
             record.done_at = time.monotonic()

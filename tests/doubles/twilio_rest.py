@@ -19,7 +19,8 @@ import json
 import re
 import secrets
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -67,6 +68,7 @@ class RecordedRequest:
     params: list[tuple[str, str]]
     """The form body in order; repeated keys (e.g. StatusCallbackEvent) appear repeatedly."""
     authorized: bool
+    at: float = field(default_factory=time.monotonic)
 
     @property
     def form(self) -> dict[str, str]:
@@ -188,6 +190,11 @@ class FakeTwilioRest:
     def number(self, phone_number: str) -> dict[str, Any]:
         with self._lock:
             return next(n for n in self.numbers.values() if n["phone_number"] == phone_number)
+
+    def add_call(self, call_sid: str, **fields: Any) -> None:
+        """A call Twilio knows about that did not start through this API (an inbound one)."""
+        with self._lock:
+            self.calls[call_sid] = {"sid": call_sid, "status": "in-progress", **fields}
 
     def forget_call(self, call_sid: str) -> None:
         """From now on, requests about this call answer 404 / 20404 (it has ended)."""

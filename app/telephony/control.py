@@ -1,0 +1,43 @@
+"""Acting on a live call through Twilio's REST API: hang up, transfer.
+
+Blocking SDK calls; the bridge runs them in a thread, off the audio path.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from twilio.base.exceptions import TwilioRestException
+from twilio.rest import Client
+from twilio.twiml.voice_response import VoiceResponse
+
+log = logging.getLogger("voicebridge.twilio")
+
+ALREADY_OVER = 20404  # "The requested resource was not found": the call has ended
+
+
+class TwilioCallControl:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def hang_up(self, call_sid: str) -> None:
+        self._update(call_sid, status="completed")
+
+    def transfer(self, call_sid: str, number: str) -> None:
+        """Redirecting the call ends our stream (Twilio sends `stop`): that is expected."""
+        self._update(call_sid, twiml=transfer_twiml(number))
+
+    def _update(self, call_sid: str, **changes: str) -> None:
+        try:
+            self._client.calls(call_sid).update(**changes)
+        except TwilioRestException as error:
+            if error.status == 404 or error.code == ALREADY_OVER:
+                log.info("the call had already ended")
+                return
+            raise
+
+
+def transfer_twiml(number: str) -> str:
+    response = VoiceResponse()
+    response.dial(number)
+    return str(response.to_xml())
