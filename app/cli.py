@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_twilio(commands)
     _add_call(commands)
     _add_simulate(commands)
+    # Imported here: the group's module needs `CommandError` from this one.
+    from app.storage.cli import add_commands as add_transcript_commands
+
+    add_transcript_commands(commands)
     return parser
 
 

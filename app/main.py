@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import asdict
 from typing import Any
 
 from litestar import Litestar, MediaType, Request, Response, WebSocket, get, post, websocket
@@ -22,8 +25,8 @@ from app.call.stream import CallServices, handle_media_stream
 from app.call.tools import Tool, ToolsError, builtin_tools, load_tools
 from app.metrics import CONTENT_TYPE, Metrics
 from app.settings import Settings, SettingsError, load_settings
-from app.storage.base import TranscriptStore
-from app.storage.local import LocalTranscriptStore
+from app.storage.base import BackgroundDelivery, TranscriptStore
+from app.storage.factory import open_store
 from app.telephony import twiml
 from app.telephony.control import TwilioCallControl
 from app.telephony.outbound import (
@@ -98,7 +101,8 @@ def _call_control(settings: Settings) -> TwilioCallControl | None:
 
 
 def create_app(settings: Settings | None = None, store: TranscriptStore | None = None) -> Litestar:
-    """Build the app; with no arguments, settings come from the environment and `.env`."""
+    """Build the app; with no arguments, settings come from the environment and `.env`,
+    and the transcript store is the one they name (`open_store`)."""
     settings = settings or load_settings()
     problems = settings.serving_problems()
     if problems:
@@ -111,13 +115,15 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
     active: dict[str, Any] = {}
     services = CallServices(
         settings,
-        store or LocalTranscriptStore(settings.transcripts_dir),
+        store or open_store(settings),
         StreamTokens(settings.stream_signing_key(), settings.stream_token_ttl_s),
         Metrics(lambda: len(active)),
         active,
         tools={tool.name: tool for tool in _tools(settings)},
         control=(control := _call_control(settings)),
     )
+    if isinstance(services.store, BackgroundDelivery):
+        services.metrics.watch_delivery(lambda: services.store.stats)  # type: ignore[attr-defined]
 
     async def twilio_form(request: Request[Any, Any, Any]) -> dict[str, str]:
         """The webhook's form fields, once `X-Twilio-Signature` proves Twilio sent them.
@@ -214,7 +220,9 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
     async def healthz() -> Response[dict[str, Any]]:
         """503 while draining, so the proxy sends new calls to other machines."""
         status = "draining" if services.draining else "ok"
-        body = {"status": status, "active_calls": len(services.active)}
+        body: dict[str, Any] = {"status": status, "active_calls": len(services.active)}
+        if isinstance(services.store, BackgroundDelivery):
+            body["transcripts"] = asdict(services.store.stats)
         return Response(body, status_code=503 if services.draining else 200)
 
     app = Litestar(
@@ -226,9 +234,31 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
             metrics,
             healthz,
         ],
+        lifespan=[_transcript_delivery(services.store, settings.transcript_flush_timeout_s)],
         debug=False,
         logging_config=None,  # ours (app.logs), with the CallSid on every line
         after_exception=[_log_exception],
     )
     app.state.services = services
     return app
+
+
+def _transcript_delivery(
+    store: TranscriptStore, flush_timeout_s: float
+) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
+    """Run a background store for the app's lifetime: start-up delivers what an earlier
+    run left in the spool; shutdown flushes the spool for at most `flush_timeout_s`
+    (what is left is delivered at the next start)."""
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        if not isinstance(store, BackgroundDelivery):
+            yield
+            return
+        await asyncio.to_thread(store.start)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(store.close, flush_timeout_s)
+
+    return lifespan

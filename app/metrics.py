@@ -6,12 +6,15 @@ audio frame, so the hot path pays nothing for them. Each app has its own registr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from app.call.transcript import Transcript
+from app.storage.base import DeliveryStats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -53,6 +56,10 @@ class Metrics:
             registry=self.registry,
         )
 
+    def watch_delivery(self, stats: Callable[[], DeliveryStats]) -> None:
+        """Transcript uploads, read from the store at scrape time."""
+        self.registry.register(_DeliveryCollector(stats))
+
     def call_finished(
         self,
         outcome: str,
@@ -81,3 +88,24 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _DeliveryCollector(Collector):
+    def __init__(self, stats: Callable[[], DeliveryStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._stats()
+        yield CounterMetricFamily(
+            "voicebridge_transcript_uploads", "Transcripts delivered", value=stats.uploaded
+        )
+        yield CounterMetricFamily(
+            "voicebridge_transcript_upload_failures",
+            "Failed transcript upload attempts (each is retried)",
+            value=stats.failed_attempts,
+        )
+        yield GaugeMetricFamily(
+            "voicebridge_transcripts_pending",
+            "Transcripts waiting in the spool",
+            value=stats.pending,
+        )

@@ -8,17 +8,27 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_INSTRUCTIONS = (
     "You are a friendly, concise voice assistant on a phone call. Speak naturally, in short "
     "sentences, and let the caller interrupt you. If you don't know something, say so."
 )
+
+AddressingStyle = Literal["auto", "virtual", "path"]
 
 # What to tell a user about each setting when it is missing or wrong.
 HINTS: dict[str, str] = {
@@ -29,6 +39,15 @@ HINTS: dict[str, str] = {
     "AGENT_INSTRUCTIONS_FILE": "a readable text file with the agent's instructions",
     "AGENT_VOICE": "a Realtime voice such as ash, alloy, coral, sage, verse, marin or cedar",
     "TRANSCRIPTS_DIR": "a writable directory for call transcripts",
+    "TRANSCRIPTS_BUCKET": (
+        "an S3 bucket name, 3-63 lowercase letters, digits, dots or hyphens "
+        "(read from TRANSCRIPTS_BUCKET, else from BUCKET_NAME as Fly's Tigris sets it)"
+    ),
+    "AWS_ENDPOINT_URL_S3": "the S3 API URL, e.g. https://fly.storage.tigris.dev; empty for AWS",
+    "AWS_REGION": "the bucket's region, e.g. us-east-1 (AWS), auto (Tigris, R2)",
+    "S3_ADDRESSING_STYLE": "auto, virtual (bucket.host: Tigris, AWS) or path (host/bucket: MinIO)",
+    "TRANSCRIPT_SPOOL_DIR": "a writable directory where transcripts wait for upload",
+    "TRANSCRIPT_FLUSH_TIMEOUT_S": "seconds to keep uploading at shutdown, 0-300 (Fly kill_timeout)",
     "TWILIO_ACCOUNT_SID": "your Twilio Account SID (starts with AC, from console.twilio.com)",
     "TWILIO_AUTH_TOKEN": "your Twilio Auth Token, beside the Account SID on console.twilio.com",
     "TWILIO_PHONE_NUMBER": "your Twilio number in E.164 form, e.g. +15551234567",
@@ -52,12 +71,56 @@ class SettingsError(Exception):
         super().__init__("\n".join(lines))
 
 
-class Settings(BaseSettings):
-    """All settings; names match the environment variables (case-insensitive)."""
+class StorageSettings(BaseSettings):
+    """Where transcripts go: enough on its own for `voicebridge transcripts` on a laptop,
+    which must not demand an OpenAI key just to read calls back."""
 
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
     )
+
+    transcripts_dir: Path = Path("transcripts")
+    transcripts_bucket: str | None = Field(
+        default=None, validation_alias=AliasChoices("transcripts_bucket", "bucket_name")
+    )
+    # boto3 reads these from the process environment but not from `.env`: pass explicitly.
+    aws_endpoint_url_s3: str | None = None
+    aws_region: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_session_token: SecretStr | None = None
+    s3_addressing_style: AddressingStyle = "auto"
+    transcript_spool_dir: Path = Path("spool")
+    transcript_flush_timeout_s: Annotated[float, Field(ge=0, le=300)] = 10.0
+
+    @field_validator("transcripts_bucket")
+    @classmethod
+    def _bucket_name(cls, value: str | None) -> str | None:
+        value = (value or "").strip()
+        if value and not _BUCKET_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a valid bucket name")
+        return value or None
+
+    @field_validator("aws_endpoint_url_s3")
+    @classmethod
+    def _endpoint_url(cls, value: str | None) -> str | None:
+        value = (value or "").strip()
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.netloc):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/") or None
+
+    @field_validator("aws_region", "aws_access_key_id")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return (value or "").strip() or None
+
+
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+class Settings(StorageSettings):
+    """All settings; names match the environment variables (case-insensitive)."""
 
     openai_api_key: SecretStr
     openai_realtime_url: str = "wss://api.openai.com/v1/realtime"
@@ -71,8 +134,6 @@ class Settings(BaseSettings):
     transcription_model: str = "whisper-1"
     vad_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
     vad_silence_ms: Annotated[int, Field(ge=100, le=5000)] = 500
-
-    transcripts_dir: Path = Path("transcripts")
 
     twilio_account_sid: str | None = None
     twilio_auth_token: SecretStr | None = None
@@ -279,12 +340,17 @@ class DevSettings(TwilioSettings):
         return value
 
 
-SettingsT = TypeVar("SettingsT", bound=Settings)
+SettingsT = TypeVar("SettingsT", bound=StorageSettings)
 
 
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings, turning every validation problem into one `SettingsError`."""
     return load_settings_as(Settings, **overrides)
+
+
+def load_storage_settings(**overrides: Any) -> StorageSettings:
+    """Only the transcript-storage settings (what the `transcripts` commands need)."""
+    return load_settings_as(StorageSettings, **overrides)
 
 
 def load_settings_as(model: type[SettingsT], **overrides: Any) -> SettingsT:

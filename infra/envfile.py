@@ -23,6 +23,10 @@ NOT_STAGED: dict[str, str] = {
     "AWS_ENDPOINT_URL_S3": "set by `fly storage create`",
     "AWS_REGION": "set by `fly storage create`",
     "BUCKET_NAME": "set by `fly storage create`",
+    "AWS_SESSION_TOKEN": "a local credential; the bucket's keys come from `fly storage create`",
+    "TRANSCRIPTS_BUCKET": "would override the Tigris bucket (BUCKET_NAME) in production",
+    "S3_ADDRESSING_STYLE": "a local S3 server's setting; Tigris is detected",
+    "TRANSCRIPT_SPOOL_DIR": "a local path",
     "TRANSCRIPT_RETENTION_DAYS": "applied to the bucket as a lifecycle rule by this script",
 }
 # Settings of the deploy script itself (FLY_APP, FLY_ORG, …), not of the app.

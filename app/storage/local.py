@@ -5,27 +5,89 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from datetime import date
 from pathlib import Path
 
-from app.storage.base import Record, TranscriptNotFound, transcript_key
+from app.storage.base import (
+    CallRef,
+    Record,
+    StorageError,
+    TranscriptNotFound,
+    call_ref,
+    check_call_sid,
+    within,
+)
+from app.storage.render import render_text
+from app.storage.summary import Summary
 
 
 class LocalTranscriptStore:
-    """Files laid out like the bucket keys, under `TRANSCRIPTS_DIR`."""
+    """Files laid out like the bucket keys, under `TRANSCRIPTS_DIR`, each `.json` with
+    its `.txt` rendering beside it."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
 
     def save(self, record: Record) -> str:
-        path = self.root / transcript_key(record)
-        write_atomically(path, json.dumps(record, indent=2, ensure_ascii=False).encode())
+        ref = call_ref(record)
+        write_atomically(self.root / ref.text_key, render_text(record).encode())
+        path = self.root / ref.key
+        write_atomically(path, encode_record(record))
         return str(path)
 
     def get(self, call_sid: str) -> Record:
-        for path in self.root.glob(f"transcripts/*/*/*/{call_sid}.json"):
-            data: Record = json.loads(path.read_text(encoding="utf-8"))
-            return data
+        return _read(self._find(call_sid))
+
+    def has(self, ref: CallRef) -> bool:
+        return (self.root / ref.key).is_file()
+
+    def calls(self, since: date | None = None, until: date | None = None) -> list[CallRef]:
+        refs = (
+            CallRef.from_key(path.relative_to(self.root).as_posix())
+            for path in self.root.glob("transcripts/*/*/*/*.json")
+        )
+        return [ref for ref in refs if ref is not None and within(ref.day, since, until)]
+
+    def summary(self, ref: CallRef) -> Summary:
+        return Summary.from_record(self.fetch(ref))
+
+    def fetch(self, ref: CallRef) -> Record:
+        try:
+            return _read(self.root / ref.key)
+        except FileNotFoundError:
+            raise TranscriptNotFound(ref.call_sid) from None
+
+    def url(self, call_sid: str, expires_s: int) -> str:
+        """A file:// link: local files need no signature, so `expires_s` does not apply."""
+        return self._find(call_sid).resolve().as_uri()
+
+    def set_retention(self, days: int | None) -> str:
+        raise StorageError(
+            "retention is a bucket lifecycle rule: set TRANSCRIPTS_BUCKET to use it; "
+            f"local transcripts stay in {self.root} until you delete them"
+        )
+
+    def retention(self) -> int | None:
+        return None
+
+    def _find(self, call_sid: str) -> Path:
+        """The call's file, whatever its date: one directory listing per day, no reads."""
+        for path in self.root.glob(f"transcripts/*/*/*/{check_call_sid(call_sid)}.json"):
+            return path
         raise TranscriptNotFound(call_sid)
+
+
+def encode_record(record: Record) -> bytes:
+    """The stored form of a record: the same bytes for the same record, every time."""
+    return json.dumps(record, indent=2, ensure_ascii=False).encode()
+
+
+def _read(path: Path) -> Record:
+    try:
+        data: Record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise StorageError(f"{path} is not a readable transcript: {error}") from None
+    return data
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -1,0 +1,21 @@
+"""Which store the settings ask for: the bucket when one is named, else the directory."""
+
+from __future__ import annotations
+
+from app.settings import StorageSettings
+from app.storage.base import TranscriptArchive
+from app.storage.local import LocalTranscriptStore
+
+
+def open_store(settings: StorageSettings) -> TranscriptArchive:
+    """The configured store, not yet started (the app starts a bucket store's uploader;
+    the CLI only reads, so it never does)."""
+    if settings.transcripts_bucket is None:
+        return LocalTranscriptStore(settings.transcripts_dir)
+    # Imported here so a local-only setup never loads boto3.
+    from app.storage.s3 import S3TranscriptStore
+    from app.storage.s3client import s3_client
+
+    return S3TranscriptStore(
+        s3_client(settings), settings.transcripts_bucket, settings.transcript_spool_dir
+    )
