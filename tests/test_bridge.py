@@ -116,9 +116,10 @@ def test_timestamp_gap_is_filled_with_mulaw_silence() -> None:
     assert base64.b64decode(first) == base64.b64decode(second) == b"\x01" * 160
 
 
-def test_bad_base64_is_a_message_error() -> None:
+@pytest.mark.parametrize("payload", ["not base64!", "ÿÿÿÿ", "AAA"])
+def test_bad_base64_is_a_message_error(payload: str) -> None:
     bridge, _ = started()
-    bad = json.dumps({"event": "media", "media": {"payload": "not base64!", "timestamp": "0"}})
+    bad = json.dumps({"event": "media", "media": {"payload": payload, "timestamp": "0"}})
     with pytest.raises(MessageError):
         bridge.twilio_message(parse_message(bad))
 

@@ -225,7 +225,7 @@ class CallBridge:
         payload = media.payload
         try:
             size = len(binascii.a2b_base64(payload, strict_mode=True))
-        except binascii.Error as error:
+        except ValueError as error:  # binascii.Error, or non-ASCII text
             raise MessageError(f"media payload is not base64 ({error})") from None
         if not 0 < size <= MAX_FRAME_BYTES:
             raise MessageError(f"media payload of {size} bytes (Twilio sends 160)")
