@@ -302,3 +302,13 @@ def test_rollover_waits_for_a_pause() -> None:
     assert not bridge.due_for_rollover(max_session_s=60)  # its audio is still playing
     bridge.playback.interrupt(clock.now)
     assert bridge.due_for_rollover(max_session_s=60)
+
+
+def test_agent_audio_is_marked_every_100_ms_and_at_the_end_of_a_response() -> None:
+    bridge, _ = started()
+    for _ in range(7):
+        bridge.realtime_event(audio_delta("item_a", 160))
+    events = [json.loads(f)["event"] for f in bridge.data_to_twilio()]
+    assert events == ["media"] * 5 + ["mark"] + ["media"] * 2
+    bridge.realtime_event(server({"type": "response.done", "response": {"id": "r"}}))
+    assert [json.loads(f)["event"] for f in bridge.data_to_twilio()] == ["mark"]

@@ -50,3 +50,16 @@ def test_marks_echoed_because_of_a_clear_do_not_count_as_played() -> None:
     tracker.interrupt(now=0.05)
     tracker.mark_played(pending, now=0.06)  # Twilio echoes pending marks on clear
     assert tracker.heard_ms("a", now=1.0) == 50
+
+
+def test_small_deltas_share_one_mark_and_a_new_item_closes_the_group() -> None:
+    tracker = PlaybackTracker()
+    marks = [tracker.queued("a", 160, now=0.0) for _ in range(7)]  # 7 x 20 ms
+    assert marks == [None, None, None, None, "1", None, None]
+    assert tracker.open_item == "a"
+    assert tracker.close_group() == "2"  # the item ended: its last 40 ms get a mark too
+    tracker.queued("b", 160, now=0.0)
+    tracker.mark_played("2", now=0.14)
+    assert tracker.heard_ms("a", now=0.14) == 140
+    assert tracker.playing  # b's audio is still unmarked, so still playing
+    assert [c.item_id for c in tracker.interrupt(now=0.15)] == ["b"]

@@ -296,6 +296,7 @@ class CallBridge:
         elif isinstance(event, rt.ItemAdded | rt.ItemCreated):
             self._item_added(event.item, transcript)
         elif isinstance(event, rt.ResponseDone):
+            self._close_audio_group()  # so we learn when the response's last words played
             self._responding = False
             self._count_usage(event.response, transcript)
             if self._response_wanted:
@@ -379,10 +380,19 @@ class CallBridge:
                 turn.latency_ms = round((self._clock() - self._turn_ended_at) * 1000)
                 self._turn_ended_at = None
                 self.first_audio_turn = turn  # the socket loop adds its own share
-        mark = self.playback.queued(item_id, _decoded_size(event.delta), self._clock())
+        playback = self.playback
+        if playback.open_item not in (None, item_id):
+            self._close_audio_group()  # each item's audio ends with its own mark
+        mark = playback.queued(item_id, _decoded_size(event.delta), self._clock())
         self._to_twilio.append(self._writer.media(event.delta))
-        self._to_twilio.append(self._writer.mark(mark))
+        if mark is not None:
+            self._to_twilio.append(self._writer.mark(mark))
         self.frames_out += 1
+
+    def _close_audio_group(self) -> None:
+        mark = self.playback.close_group()
+        if mark is not None and self._writer is not None:
+            self._to_twilio.append(self._writer.mark(mark))
 
     def _barge_in(self, transcript: Transcript) -> None:
         """The caller talks over queued agent audio: stop playback now, and make the

@@ -310,6 +310,7 @@ class _CallLoops:
         """OpenAI → bridge → Twilio (and back to OpenAI for truncation), until it closes."""
         bridge = self.bridge
         clock = time.perf_counter
+        send = self.socket.send  # the ASGI send, without per-frame wrappers
         with contextlib.suppress(ConnectionClosed):
             async for data in realtime:
                 received_at = clock()
@@ -324,7 +325,7 @@ class _CallLoops:
                     )
                 bridge.realtime_event(event)
                 for frame in bridge.data_to_twilio():
-                    await self.socket.send_data(frame)
+                    await send({"type": "websocket.send", "bytes": None, "text": frame})
                 if bridge.first_audio_turn is not None:
                     self._turn_answered(bridge.first_audio_turn, clock() - received_at)
                     bridge.first_audio_turn = None
