@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import uvicorn
 from litestar import Litestar
 
+from app.server import MediaStreamProtocol
+
 
 @dataclass
 class RunningServer:
@@ -38,7 +40,13 @@ async def serve(app: Litestar) -> AsyncIterator[RunningServer]:
     """Serve `app` with uvicorn (websockets-sansio, as in production) until the block ends."""
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", ws_max_size=64 * 1024
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        lifespan="on",
+        ws_max_size=64 * 1024,
+        ws=MediaStreamProtocol,  # as in production (app.server)
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
