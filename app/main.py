@@ -8,6 +8,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import asdict
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from litestar import Litestar, MediaType, Request, Response, WebSocket, get, post, websocket
@@ -23,9 +25,10 @@ from twilio.base.exceptions import TwilioRestException
 
 from app.call.stream import CallServices, handle_media_stream
 from app.call.tools import Tool, ToolsError, builtin_tools, load_tools
+from app.logs import call_sid_var
 from app.metrics import CONTENT_TYPE, Metrics
 from app.settings import Settings, SettingsError, load_settings
-from app.storage.base import BackgroundDelivery, TranscriptStore
+from app.storage.base import BackgroundDelivery, TranscriptNotFound, TranscriptStore, check_call_sid
 from app.storage.factory import open_store
 from app.telephony import twiml
 from app.telephony.control import TwilioCallControl
@@ -43,6 +46,9 @@ log = logging.getLogger("voicebridge.app")
 
 NOT_CONFIGURED = "Sorry, this line is not set up yet. Please try again later. Goodbye."
 ALL_LINES_BUSY = "Sorry, all our lines are busy right now. Please call again in a few minutes."
+# Twilio's final call statuses; the intermediate ones (initiated, ringing, answered,
+# in-progress) say nothing the transcript does not already show, so they are not stored.
+FINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 APOLOGY = (
     "Sorry, we're having trouble connecting you to our assistant right now. "
     "Please try again in a moment. Goodbye."
@@ -86,6 +92,44 @@ async def _log_exception(error: Exception, scope: Any) -> None:
     """Unexpected errors reach our logs (Litestar's own logging is switched off)."""
     if not isinstance(error, HTTPException):
         log.error("unhandled error in %s", scope.get("path"), exc_info=error)
+
+
+def _form_call_sid(form: dict[str, str]) -> str:
+    """The webhook's CallSid, refused (400) unless it is safe as a file name and key."""
+    try:
+        call_sid = check_call_sid(form.get("CallSid", ""))
+    except TranscriptNotFound:
+        raise ClientException("CallSid is missing or malformed") from None
+    call_sid_var.set(call_sid)  # this request's own context: its log lines name the call
+    return call_sid
+
+
+def _twilio_time(value: str) -> str:
+    """Twilio's RFC 2822 `Timestamp` as ISO 8601 like the rest of the transcript; now if
+    absent, as given if unparseable."""
+    if not value:
+        return datetime.now(UTC).isoformat()
+    try:
+        return parsedate_to_datetime(value).astimezone(UTC).isoformat()
+    except (TypeError, ValueError):
+        return value
+
+
+def status_facts(form: dict[str, str]) -> dict[str, Any] | None:
+    """What a status callback adds to the transcript; None for an intermediate status."""
+    status = form.get("CallStatus", "")
+    if status not in FINAL_STATUSES:
+        return None
+    facts: dict[str, Any] = {
+        "status": status,
+        "duration_s": int(form["CallDuration"]) if form.get("CallDuration", "").isdigit() else 0,
+        "at": _twilio_time(form.get("Timestamp", "")),
+    }
+    if form.get("AnsweredBy"):
+        facts["answered_by"] = form["AnsweredBy"]
+    if form.get("SipResponseCode"):
+        facts["sip_response_code"] = form["SipResponseCode"]
+    return facts
 
 
 def _call_control(settings: Settings) -> TwilioCallControl | None:
@@ -182,6 +226,43 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
         await twilio_form(request)
         return twiml.say_and_hang_up(APOLOGY)
 
+    @post("/twilio/status", status_code=204)
+    async def call_status(request: Request[Any, Any, Any]) -> None:
+        """Twilio's status callback: the call's final status and duration go into its
+        transcript, whether the stream has ended (here or on another machine) or not;
+        the store is where the two meet."""
+        form = await twilio_form(request)
+        call_sid = _form_call_sid(form)
+        facts = status_facts(form)
+        if facts is None:
+            return
+        await asyncio.to_thread(services.store.record_call_status, call_sid, facts)
+        log.info("call status recorded", extra=facts)
+
+    @post("/twilio/amd", status_code=204)
+    async def machine_detection(request: Request[Any, Any, Any]) -> None:
+        """Asynchronous answering-machine detection: on a machine, leave VOICEMAIL_MESSAGE
+        after the beep (or hang up without one, and always on a fax) so the agent does
+        not talk to a recording; the transcript says what happened."""
+        form = await twilio_form(request)
+        call_sid = _form_call_sid(form)
+        answered_by = form.get("AnsweredBy", "unknown")
+        facts: dict[str, Any] = {"answered_by": answered_by}
+        if answered_by == "fax" or answered_by.startswith("machine_"):
+            facts["voicemail_left"] = False
+            if control is None:
+                log.warning(
+                    "answered by %s, but without Twilio credentials we cannot hang up", answered_by
+                )
+            elif settings.voicemail_message and answered_by.startswith("machine_end_"):
+                facts["voicemail_left"] = await asyncio.to_thread(
+                    control.leave_voicemail, call_sid, settings.voicemail_message
+                )
+            else:
+                await asyncio.to_thread(control.hang_up, call_sid)
+        await asyncio.to_thread(services.store.record_call_status, call_sid, facts)
+        log.info("answering machine detection", extra=facts)
+
     @post("/calls", status_code=201)
     async def place_outbound_call(request: Request[Any, Any, Any]) -> dict[str, Any]:
         """Have the agent call someone: `{"to": "+1…", "instructions"?, "greeting"?,
@@ -229,6 +310,8 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
         route_handlers=[
             voice_webhook,
             stream_ended,
+            call_status,
+            machine_detection,
             place_outbound_call,
             media_stream,
             metrics,

@@ -9,6 +9,7 @@ the algorithms shared by both (newest-first listing, sync) live in `app.storage.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -91,6 +92,16 @@ class TranscriptStore(Protocol):
         """The transcript of one call; raises `TranscriptNotFound`."""
         ...
 
+    def record_call_status(self, call_sid: str, facts: dict[str, Any]) -> None:
+        """Merge what Twilio told us about a call (final status, answering machine…)
+        into its transcript's `call_status`.
+
+        Twilio's callbacks and the media stream may reach different machines, in either
+        order, so the store is where they meet: if the transcript exists the facts go
+        into it; otherwise they wait in a pending note that `save` folds in.
+        """
+        ...
+
 
 class TranscriptArchive(TranscriptStore, Protocol):
     """A store that can also be browsed; errors are `StorageError` with one-line text."""
@@ -134,6 +145,31 @@ class BackgroundDelivery(Protocol):
     def close(self, timeout_s: float) -> bool:
         """Deliver what is pending for at most `timeout_s`, then stop; True if none is left."""
         ...
+
+
+def merge_call_status(record: Record, facts: Mapping[str, Any]) -> Record:
+    """`record` with `facts` merged into its `call_status` (later facts win).
+
+    The one merge both backends use, for transcripts and for pending notes alike (a
+    note is `{"call_sid", "call_status"}`, a record with nothing else yet), so a fact
+    lands the same way whichever of the callback and the stream came first.
+    """
+    status = dict(record.get("call_status") or {})
+    status.update(facts)
+    return {**record, "call_status": status}
+
+
+def pending_note(call_sid: str, note: Record | None, facts: Mapping[str, Any]) -> Record:
+    """The pending note of a call whose transcript is not stored yet, with `facts` added
+    to what an earlier callback left (`note`, None if there was none)."""
+    return merge_call_status(note or {"call_sid": call_sid}, facts)
+
+
+def fold_note(record: Record, note: Record | None) -> Record:
+    """`record` with a pending note's facts merged in (unchanged without a note)."""
+    if not note:
+        return record
+    return merge_call_status(record, note.get("call_status") or {})
 
 
 def check_call_sid(call_sid: str) -> str:

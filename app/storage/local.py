@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from app.storage.base import (
     CallRef,
@@ -15,6 +17,9 @@ from app.storage.base import (
     TranscriptNotFound,
     call_ref,
     check_call_sid,
+    fold_note,
+    merge_call_status,
+    pending_note,
     within,
 )
 from app.storage.render import render_text
@@ -23,17 +28,51 @@ from app.storage.summary import Summary
 
 class LocalTranscriptStore:
     """Files laid out like the bucket keys, under `TRANSCRIPTS_DIR`, each `.json` with
-    its `.txt` rendering beside it."""
+    its `.txt` rendering beside it; Twilio status facts that arrive before the call's
+    transcript wait in `status/<CallSid>.json`.
+
+    One lock serialises `save` and `record_call_status`: both read-modify-write the same
+    files from worker threads, and without it a status could land in a note just after
+    `save` looked for one (the directory belongs to one machine, so a process lock is
+    enough).
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._lock = threading.Lock()
 
     def save(self, record: Record) -> str:
+        """Write the transcript, with any pending status note folded in (then dropped)."""
+        ref = call_ref(record)
+        with self._lock:
+            note_path = self._note_path(ref.call_sid)
+            note = _read_optional(note_path)
+            path = self._write(fold_note(record, note))
+            if note is not None:
+                note_path.unlink(missing_ok=True)
+        return str(path)
+
+    def record_call_status(self, call_sid: str, facts: dict[str, Any]) -> None:
+        """Into the saved transcript if there is one, else into the call's pending note."""
+        note_path = self._note_path(call_sid)
+        with self._lock:
+            try:
+                path = self._find(call_sid)
+            except TranscriptNotFound:
+                note = pending_note(call_sid, _read_optional(note_path), facts)
+                write_atomically(note_path, encode_record(note))
+                return
+            self._write(merge_call_status(_read(path), facts))
+
+    def _write(self, record: Record) -> Path:
         ref = call_ref(record)
         write_atomically(self.root / ref.text_key, render_text(record).encode())
         path = self.root / ref.key
         write_atomically(path, encode_record(record))
-        return str(path)
+        return path
+
+    def _note_path(self, call_sid: str) -> Path:
+        return self.root / "status" / f"{check_call_sid(call_sid)}.json"
 
     def get(self, call_sid: str) -> Record:
         return _read(self._find(call_sid))
@@ -88,6 +127,15 @@ def _read(path: Path) -> Record:
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise StorageError(f"{path} is not a readable transcript: {error}") from None
     return data
+
+
+def _read_optional(path: Path) -> Record | None:
+    """A pending note, or None if there is none (an unreadable one is dropped: losing a
+    status fact is better than never saving the transcript)."""
+    try:
+        return _read(path)
+    except (FileNotFoundError, StorageError):
+        return None
 
 
 def write_atomically(path: Path, data: bytes) -> None:

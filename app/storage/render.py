@@ -26,6 +26,9 @@ def render_text(record: Record) -> str:
     notes = record.get("notes") or []
     if notes:
         lines += ["", "Notes:", *(f"- {note}" for note in notes)]
+    status = record.get("call_status") or {}
+    if status:
+        lines += ["", f"Twilio: {_status_line(status)}"]
     usage = record.get("usage") or {}
     if usage:
         lines += [
@@ -34,6 +37,19 @@ def render_text(record: Record) -> str:
             f"over {usage.get('responses', 0)} responses",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _status_line(status: dict[str, Any]) -> str:
+    """What Twilio reported, e.g. `completed · 42 s · answered by machine_end_beep ·
+    voicemail left`, so the text rendering says how the call ended too."""
+    parts = [str(status.get("status", "status unknown"))]
+    if status.get("duration_s") is not None:
+        parts.append(f"{status['duration_s']} s")
+    if status.get("answered_by"):
+        parts.append(f"answered by {status['answered_by']}")
+    if "voicemail_left" in status:
+        parts.append("voicemail left" if status["voicemail_left"] else "no voicemail left")
+    return " · ".join(parts)
 
 
 def summary_line(summary: Summary) -> str:

@@ -8,6 +8,11 @@ retried upload overwrites itself, never duplicates):
 - `transcripts/by-call/<CallSid>`         — the JSON's key, so a call is found by its
   CallSid alone with one GET instead of a listing of the whole bucket.
 
+A Twilio status callback may reach this machine before the call's transcript exists
+anywhere: its facts then wait in `transcripts/status/<CallSid>.json`, which every upload
+folds in (the check happens at upload time, in the uploader's thread, so it sees notes
+written by any machine up to the moment the transcript goes up).
+
 Everything lives under `transcripts/`, so one lifecycle rule expires all of it.
 """
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -29,6 +35,9 @@ from app.storage.base import (
     TranscriptNotFound,
     call_ref,
     check_call_sid,
+    fold_note,
+    merge_call_status,
+    pending_note,
 )
 from app.storage.local import encode_record
 from app.storage.render import render_text
@@ -45,6 +54,7 @@ log = logging.getLogger("voicebridge.transcripts")
 
 PREFIX = "transcripts/"
 BY_CALL = "transcripts/by-call/"
+STATUS = "transcripts/status/"  # pending Twilio status notes, one per call
 _END_OF_DATED_KEYS = "transcripts/:"  # ':' sorts after every digit, before `by-call/`
 RETENTION_RULE = "voicebridge-transcripts"
 
@@ -65,6 +75,8 @@ class S3TranscriptStore:
         self.bucket = bucket
         self._spool = Spool(spool_dir)
         self._uploader = Uploader(self._spool, self.upload, backoff)
+        # Status callbacks of this process one at a time (GET-merge-PUT of one call).
+        self._status_lock = threading.Lock()
 
     # --- writing: spool first, upload in the background ---
 
@@ -92,6 +104,42 @@ class S3TranscriptStore:
         return self._uploader.stats
 
     def upload(self, record: Record) -> str:
+        """PUT the call's objects with any pending status note folded in, then drop it.
+
+        The note is read again after the index entry is in: a callback on another
+        machine writes its note *before* looking for the index entry, so one of the two
+        always sees the other and no fact is lost between them.
+        """
+        call_sid = call_ref(record).call_sid
+        before = self._pending_note(call_sid)
+        record = fold_note(record, before)
+        where = self._put(record)
+        after = self._pending_note(call_sid)
+        if after is not None and fold_note(record, after) != record:
+            where = self._put(fold_note(record, after))
+        if before is not None or after is not None:
+            self._delete(STATUS + call_sid + ".json")
+        return where
+
+    def record_call_status(self, call_sid: str, facts: dict[str, Any]) -> None:
+        """Into the spooled transcript if it has not gone up yet, into the bucket's copy
+        if it has (GET, merge, PUT the same keys), else into a pending note."""
+        check_call_sid(call_sid)
+        with self._status_lock:
+            if self._spool.update(call_sid, lambda record: merge_call_status(record, facts)):
+                self._uploader.notify()
+                return
+            ref = self._find(call_sid)
+            if ref is None:
+                note = pending_note(call_sid, self._pending_note(call_sid), facts)
+                self._put_json(STATUS + call_sid + ".json", note)
+                ref = self._find(call_sid)  # uploaded meanwhile: fold the note in ourselves
+                if ref is None:
+                    return
+                facts = {}
+            self.upload(merge_call_status(self.fetch(ref), facts))
+
+    def _put(self, record: Record) -> str:
         """PUT the call's objects (idempotent); the index entry last, once the rest is in."""
         ref = call_ref(record)
         metadata = Summary.from_record(record).to_metadata()
@@ -209,6 +257,39 @@ class S3TranscriptStore:
         return cast("list[LifecycleRuleTypeDef]", found.get("Rules", []))
 
     # --- helpers ---
+
+    def _find(self, call_sid: str) -> CallRef | None:
+        """The call's key if its transcript is in the bucket, else None."""
+        try:
+            return self._locate(call_sid)
+        except TranscriptNotFound:
+            return None
+
+    def _pending_note(self, call_sid: str) -> Record | None:
+        """The call's pending status note; None if there is none or it is unreadable
+        (a lost status fact must never hold back a transcript)."""
+        try:
+            body = self._read(STATUS + check_call_sid(call_sid) + ".json", call_sid)
+            note = json.loads(body)
+        except TranscriptNotFound:
+            return None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            log.warning("ignoring an unreadable status note for %s", call_sid)
+            return None
+        return note if isinstance(note, dict) else None
+
+    def _put_json(self, key: str, document: Record) -> None:
+        with readable_errors(self.client, self.bucket):
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=encode_record(document),
+                ContentType="application/json",
+            )
+
+    def _delete(self, key: str) -> None:
+        with readable_errors(self.client, self.bucket):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def _locate(self, call_sid: str) -> CallRef:
         """The call's key, from its index entry: no date needed, no listing."""

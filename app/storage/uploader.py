@@ -113,6 +113,8 @@ class Uploader:
             self._wake.clear()
             if self._deliver_pending():
                 failures = 0
+                if self._wake.is_set():  # saved or changed meanwhile: deliver that too
+                    continue
                 wait: float | None = None  # until the next transcript
             else:
                 failures += 1
@@ -139,6 +141,7 @@ class Uploader:
         return True
 
     def _deliver_one(self, path: Path) -> bool:
+        stamp = self._spool.stamp(path)  # before reading: a later rewrite is redelivered
         try:
             record = self._spool.load(path)
         except FileNotFoundError:
@@ -160,8 +163,10 @@ class Uploader:
             else:
                 log.exception("unexpected error uploading transcript %s, will retry", path.stem)
             return False
-        self._spool.remove(path)
         self._uploaded += 1
         self._last_error = None
         log.info("transcript %s uploaded", path.stem, extra={"to": where})
+        if not self._spool.remove_if_unchanged(path, stamp):
+            log.info("transcript %s changed while uploading; uploading it again", path.stem)
+            self._wake.set()
         return True

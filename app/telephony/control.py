@@ -11,6 +11,8 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
 
+from app.telephony.twiml import say_and_hang_up
+
 log = logging.getLogger("voicebridge.twilio")
 
 ALREADY_OVER = 20404  # "The requested resource was not found": the call has ended
@@ -27,14 +29,24 @@ class TwilioCallControl:
         """Redirecting the call ends our stream (Twilio sends `stop`): that is expected."""
         self._update(call_sid, twiml=transfer_twiml(number))
 
-    def _update(self, call_sid: str, **changes: str) -> None:
+    def leave_voicemail(self, call_sid: str, message: str) -> bool:
+        """Speak `message` to the answering machine after its beep, then hang up.
+
+        The redirect replaces the media stream, so the agent stops talking to the
+        machine. False if the call was already over (nothing was left).
+        """
+        return self._update(call_sid, twiml=say_and_hang_up(message))
+
+    def _update(self, call_sid: str, **changes: str) -> bool:
+        """Apply `changes`; False if the call had already ended (not an error)."""
         try:
             self.client.calls(call_sid).update(**changes)
         except TwilioRestException as error:
             if error.status == 404 or error.code == ALREADY_OVER:
                 log.info("the call had already ended")
-                return
+                return False
             raise
+        return True
 
 
 def transfer_twiml(number: str) -> str:

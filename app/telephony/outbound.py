@@ -104,7 +104,11 @@ def place_call(client: Client, call: OutboundCall, settings: Settings, tokens: S
         "status_callback_method": "POST",
     }
     if settings.machine_detection:
-        options["machine_detection"] = "Enable"
+        # A message can only be left once the greeting has ended (machine_end_*); without
+        # one, the first sign of a machine (machine_start) is enough to hang up sooner.
+        options["machine_detection"] = (
+            "DetectMessageEnd" if settings.voicemail_message else "Enable"
+        )
         options["async_amd"] = "true"
         options["async_amd_status_callback"] = f"{settings.public_base_url}/twilio/amd"
         options["async_amd_status_callback_method"] = "POST"
