@@ -7,7 +7,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 RUN := $(UV) run --locked
 
-.PHONY: test lint typecheck pytest run sync
+.PHONY: test lint typecheck pytest run sync bench
 
 test: lint typecheck pytest ## lint, type-check and run the whole test suite
 
@@ -19,14 +19,17 @@ sync: $(UV)
 	$(UV) sync --locked --quiet
 
 lint: sync
-	$(RUN) ruff check app tests
-	$(RUN) ruff format --check app tests
+	$(RUN) ruff check app tests bench
+	$(RUN) ruff format --check app tests bench
 
 typecheck: sync
-	$(RUN) mypy app
+	$(RUN) mypy app bench
 
 pytest: sync
 	$(RUN) pytest
 
 run: sync ## start the server locally (settings from the environment / .env)
 	$(RUN) voicebridge serve --host 127.0.0.1 --port $${PORT:-8080}
+
+bench: sync ## load benchmark: N concurrent calls through the bridge (BENCH_ARGS="--calls 1,50 --duration 20")
+	$(RUN) python -m bench.run $(BENCH_ARGS)
