@@ -248,6 +248,7 @@ def summarise(cfg: LoadConfig, run: LoadRun) -> dict[str, Any]:
         },
         "bridge_rtt_ms": bridge_ms,
         "direct_rtt_ms": direct_ms,
+        "per_second_ms": stats.per_second(bridged, baseline, run.t0),
         "generator": {
             "cpu_pct": round(cpu_pct, 1),
             "send_lag_ms": stats.summary_ms(lags),

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 _LINE = re.compile(r":\d+\)$")
+_IDLE = ("EpollSelector.select ", "select (selectors.py)")
 RATE_HZ = 200
 
 
@@ -55,24 +56,35 @@ async def record(pid: int, seconds: float, out_dir: Path, stem: str) -> Path | N
     return text
 
 
-def hot_spots(collapsed: str, top: int = 25) -> str:
-    """Top functions by own and inclusive samples, from py-spy's collapsed stacks."""
+def hot_spots(collapsed: str, top: int = 30) -> str:
+    """Top functions by own and inclusive samples, from py-spy's collapsed stacks.
+
+    Samples waiting in the event loop's `select` are idle time: counted, then left out,
+    so the percentages are shares of the time the server was busy."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
-    total = 0
+    total = idle = 0
     for line in collapsed.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        total += count
         names = [_LINE.sub(")", frame) for frame in stack.split(";")]
+        if names[-1].startswith(_IDLE):
+            idle += count
+            continue
+        total += count
         own[names[-1]] += count
         for name in set(names):
             inclusive[name] += count
     if not total:
         return "no samples\n"
-    lines = [f"{total} samples at {RATE_HZ} Hz", "", "own time (the frame on top of the stack):"]
+    lines = [
+        f"{total + idle} samples at {RATE_HZ} Hz, {100 * idle / (total + idle):.0f}% idle "
+        "(in select); shares below are of the busy samples",
+        "",
+        "own time (the frame on top of the stack):",
+    ]
     lines += [f"{100 * n / total:6.1f}%  {name}" for name, n in own.most_common(top)]
     lines += ["", "inclusive time (anywhere on the stack):"]
     lines += [f"{100 * n / total:6.1f}%  {name}" for name, n in inclusive.most_common(top)]

@@ -51,6 +51,7 @@ class BenchConfig:
     plot: bool = True
     profile_calls: int | None = None
     profile_s: float = 10.0
+    quiet_wait_s: float = 0.0
     verbose: bool = True
 
 
@@ -157,9 +158,28 @@ async def _drive(
     return result
 
 
+async def _wait_for_quiet(cfg: BenchConfig) -> float:
+    """Wait, up to `quiet_wait_s`, until other processes use under `OTHERS_BUSY_PCT` of a
+    core (the machine may be shared); returns the last share measured, in % of a core."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + cfg.quiet_wait_s
+    announced = False
+    while True:
+        machine, own, start = procs.machine_busy_s(), procs.own_cpu_s(), loop.time()
+        await asyncio.sleep(1.0)
+        busy = (procs.machine_busy_s() - machine) - (procs.own_cpu_s() - own)
+        others = 100 * busy / (loop.time() - start)
+        if others < OTHERS_BUSY_PCT or loop.time() >= deadline:
+            return round(others, 1)
+        if not announced:
+            _say(cfg, f"  waiting for a quieter machine (others at {others:.0f}% of a core) …")
+            announced = True
+
+
 async def run_level(cfg: BenchConfig, calls: int, profile_as: str | None = None) -> dict[str, Any]:
     """One level: fresh double and server, warm-up, idle RSS, then the load; with
     `profile_as`, py-spy samples the server meanwhile (files named after it)."""
+    others_before = await _wait_for_quiet(cfg) if cfg.quiet_wait_s > 0 else None
     with tempfile.TemporaryDirectory(prefix="vb-bench-") as tmp:
         scratch = Path(tmp)
         double, double_port = await procs.start_double()
@@ -184,6 +204,7 @@ async def run_level(cfg: BenchConfig, calls: int, profile_as: str | None = None)
         finally:
             await double.stop()
         log = (scratch / procs.SERVER_LOG).read_text(errors="replace").splitlines()
+    result["other_processes_before_pct"] = others_before
     return _level(result, rss_idle, log)
 
 
@@ -319,6 +340,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default="latest", help="file stem of the JSON and PNG")
     parser.add_argument("--profile", type=int, default=None, metavar="CALLS")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="before each level, wait up to S seconds for other processes to go quiet",
+    )
     args = parser.parse_args(argv)
     cfg = BenchConfig(
         calls=args.calls,
@@ -330,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         name=args.name,
         profile_calls=args.profile,
         profile_s=args.profile_seconds,
+        quiet_wait_s=args.quiet_wait,
     )
     procs.pin(os.getpid(), procs.LOAD_CORE)  # keep the orchestrator off the server's core
     result = asyncio.run(run_bench(cfg))

@@ -49,3 +49,33 @@ def added_latencies(
     medians = bucket_medians(direct, t0)
     overall = percentile(sorted(rtt for _, rtt in direct), 50) if direct else 0.0
     return [rtt - medians.get(int((sent_at - t0) // BUCKET_S), overall) for sent_at, rtt in bridged]
+
+
+def per_second(
+    bridged: Iterable[tuple[float, float]], direct: Iterable[tuple[float, float]], t0: float
+) -> list[dict[str, float]]:
+    """Round trips per second of send time (ms): shows whether a bad p99 is a steady
+    state or one disturbance (on a shared machine, usually the latter)."""
+
+    def by_second(samples: Iterable[tuple[float, float]]) -> dict[int, list[float]]:
+        out: dict[int, list[float]] = {}
+        for sent_at, rtt in samples:
+            out.setdefault(int((sent_at - t0) // BUCKET_S), []).append(rtt)
+        return {key: sorted(values) for key, values in out.items()}
+
+    ours, theirs = by_second(bridged), by_second(direct)
+    rows = []
+    for second in sorted(ours):
+        row = {
+            "t": second * BUCKET_S,
+            "bridged_p50": percentile(ours[second], 50),
+            "bridged_p99": percentile(ours[second], 99),
+            "bridged_max": ours[second][-1],
+        }
+        if second in theirs:
+            row["direct_p50"] = percentile(theirs[second], 50)
+            row["direct_max"] = theirs[second][-1]
+        rows.append(
+            {key: round(value * 1000, 3) if key != "t" else value for key, value in row.items()}
+        )
+    return rows
