@@ -1,9 +1,15 @@
 """Profile the server under load with py-spy: a flame graph, and the hot spots as text.
 
-Two py-spy samplers run side by side in `--nonblocking` mode (no ptrace stop: only one
-tracer may attach, and stopping the server would distort the run anyway): one writes the
-SVG flame graph, the other collapsed stacks, from which the top functions by own time
-and by inclusive time are listed. The profiled run's latency figures are not reported.
+Two py-spy samplers run side by side. One stops the server for each sample (consistent
+stacks; unstopped sampling of a running interpreter tears stacks and over-counts idle)
+and writes collapsed stacks, from which the top functions by own and by inclusive time
+are listed. The other draws the SVG flame graph in `--nonblocking` mode (only one tracer
+may stop a process). Stopping the server distorts latency, so the profiled run is a run
+of its own and its figures are not reported.
+
+Reading the text: a Python frame at the top of a stack that is about to call into C
+(`transport.write` → `send()`, `secrets.token_bytes` → `getrandom()`) stands for that
+C call's time too; py-spy only shows Python frames.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ from collections import Counter
 from pathlib import Path
 
 _LINE = re.compile(r":\d+\)$")
-_IDLE = ("EpollSelector.select ", "select (selectors.py)")
+# Where the event loop's thread waits: in `select`, or (py-spy on 3.11 loses the frames
+# under a C call) at the loop's entry point.
+_IDLE = ("EpollSelector.select ", "select (selectors.py)", "Runner.run (asyncio/runners.py)")
+_OTHER_THREAD = "Thread._bootstrap "  # the logging listener, the transcript-saving pool
 RATE_HZ = 200
 
 
@@ -27,17 +36,17 @@ def py_spy() -> str | None:
 
 
 async def record(pid: int, seconds: float, out_dir: Path, stem: str) -> Path | None:
-    """Sample `pid` for `seconds`; writes `stem.svg` and `stem.txt`; returns the text path."""
+    """Sample `pid` for `seconds`; writes `stem.svg`, `stem.collapsed` (the raw stacks,
+    for flamegraph tools or another look) and `stem.txt`; returns the text path."""
     exe = py_spy()
     if exe is None:
         print("py-spy not found: no profile", file=sys.stderr)
         return None
     out_dir.mkdir(parents=True, exist_ok=True)
     raw = out_dir / f"{stem}.collapsed"
-    common = ["record", "--nonblocking", "-r", str(RATE_HZ), "-p", str(pid), "-d"]
-    common.append(str(max(1, round(seconds))))
-    runs = [
-        [exe, *common, "-o", str(out_dir / f"{stem}.svg")],
+    common = ["record", "-r", str(RATE_HZ), "-p", str(pid), "-d", str(max(1, round(seconds)))]
+    runs = [  # only one tracer may stop the process: the flame graph's sampler does not
+        [exe, *common, "--nonblocking", "-o", str(out_dir / f"{stem}.svg")],
         [exe, *common, "--format", "raw", "-o", str(raw)],
     ]
     procs = [
@@ -52,15 +61,14 @@ async def record(pid: int, seconds: float, out_dir: Path, stem: str) -> Path | N
         return None
     text = out_dir / f"{stem}.txt"
     text.write_text(hot_spots(raw.read_text()))
-    raw.unlink()
     return text
 
 
 def hot_spots(collapsed: str, top: int = 30) -> str:
     """Top functions by own and inclusive samples, from py-spy's collapsed stacks.
 
-    Samples waiting in the event loop's `select` are idle time: counted, then left out,
-    so the percentages are shares of the time the server was busy."""
+    Only the event loop's thread counts; its samples waiting for I/O are idle time:
+    counted, then left out, so the percentages are shares of the time it was busy."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = idle = 0
@@ -70,6 +78,8 @@ def hot_spots(collapsed: str, top: int = 30) -> str:
             continue
         count = int(count_text)
         names = [_LINE.sub(")", frame) for frame in stack.split(";")]
+        if names[0].startswith(_OTHER_THREAD):
+            continue
         if names[-1].startswith(_IDLE):
             idle += count
             continue
@@ -81,7 +91,7 @@ def hot_spots(collapsed: str, top: int = 30) -> str:
         return "no samples\n"
     lines = [
         f"{total + idle} samples at {RATE_HZ} Hz, {100 * idle / (total + idle):.0f}% idle "
-        "(in select); shares below are of the busy samples",
+        "(waiting for I/O); shares below are of the event loop's busy samples",
         "",
         "own time (the frame on top of the stack):",
     ]

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -130,7 +130,7 @@ async def _drive(
             if phase[1] == "steady":
                 sampler = asyncio.create_task(_sample_rss(server, peak))
                 if profile_as is not None:
-                    seconds = min(cfg.profile_s, cfg.duration_s - 1)
+                    seconds = min(cfg.profile_s, cfg.duration_s - 2)
                     profiling = asyncio.create_task(
                         profile.record(server.pid, seconds, cfg.results_dir, profile_as)
                     )
@@ -300,7 +300,8 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             break
     if cfg.profile_calls:  # a run of its own: sampling disturbs the figures it would give
         _say(cfg, f"profiling the server at {cfg.profile_calls} calls …")
-        await run_level(cfg, cfg.profile_calls, f"profile-{cfg.profile_calls}")
+        long_enough = replace(cfg, duration_s=max(cfg.duration_s, cfg.profile_s + 4))
+        await run_level(long_enough, cfg.profile_calls, f"profile-{cfg.profile_calls}")
     result = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": _machine(),
