@@ -214,10 +214,12 @@ def _level(result: dict[str, Any], rss_idle: int, log: list[str]) -> dict[str, A
     cpu_s = result.pop("server_cpu_s")
     rss_load = result.pop("rss_load")
     server_pct = 100 * cpu_s / window
+    per_call_minute = cpu_s / (calls * window / 60)  # capacity: calls per core = 60 / this
     result["server"] = {
         "cpu_s": round(cpu_s, 3),
         "cpu_pct": round(server_pct, 1),
-        "cpu_s_per_call_minute": round(cpu_s / (calls * window / 60), 4),
+        "cpu_s_per_call_minute": round(per_call_minute, 4),
+        "calls_per_core": round(60 / per_call_minute, 1) if per_call_minute else None,
         "rss_idle_mb": round(rss_idle / 2**20, 2),
         "rss_load_mb": round(rss_load / 2**20, 2),
         "rss_per_call_kb": round((rss_load - rss_idle) / calls / 1024, 1),
