@@ -52,6 +52,7 @@ class BenchConfig:
     profile_calls: int | None = None
     profile_s: float = 10.0
     quiet_wait_s: float = 0.0
+    retries: int = 0
     verbose: bool = True
 
 
@@ -285,17 +286,32 @@ def _machine() -> dict[str, Any]:
     }
 
 
+async def _measure(cfg: BenchConfig, calls: int) -> dict[str, Any]:
+    """One level, run again (up to `retries` times) while other processes disturbed it;
+    the least disturbed run is kept, and how many were made is recorded."""
+    runs: list[dict[str, Any]] = []
+    for attempt in range(1 + cfg.retries):
+        again = f" (again: other processes used {runs[-1]['other_processes_cpu_pct']:.0f}%)"
+        _say(cfg, f"{calls} calls × {cfg.duration_s:g} s{again if attempt else ''} …")
+        level = await run_level(cfg, calls)
+        runs.append(level)
+        _say(cfg, report.table([level]).splitlines()[-1])
+        for warning in level["warnings"]:
+            _say(cfg, f"  ⚠ {warning}")
+        if level["other_processes_cpu_pct"] < OTHERS_BUSY_PCT:
+            break
+    best = min(runs, key=lambda run: float(run["other_processes_cpu_pct"]))
+    best["attempts"] = len(runs)
+    return best
+
+
 async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Every level in turn (stopping early, see the module doc); writes JSON and plot."""
     levels: list[dict[str, Any]] = []
     stopped: str | None = None
     for calls in cfg.calls:
-        _say(cfg, f"{calls} calls × {cfg.duration_s:g} s …")
-        level = await run_level(cfg, calls)
+        level = await _measure(cfg, calls)
         levels.append(level)
-        _say(cfg, report.table([level]).splitlines()[-1])
-        for warning in level["warnings"]:
-            _say(cfg, f"  ⚠ {warning}")
         stopped = _stop_reason(level, cfg.max_p99_ms)
         if stopped:
             _say(cfg, f"stopping: {stopped}")
@@ -334,21 +350,46 @@ def _calls(text: str) -> list[int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument("--calls", type=_calls, default=list(DEFAULT_CALLS))
+    parser.add_argument(
+        "--calls",
+        type=_calls,
+        default=list(DEFAULT_CALLS),
+        help="concurrent calls per level, comma-separated (default 1,50,100,200,400)",
+    )
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per level")
     parser.add_argument("--direct-streams", type=int, default=2, help="baseline streams")
-    parser.add_argument("--marks", choices=("played", "immediate"), default="played")
-    parser.add_argument("--max-p99-ms", type=float, default=100.0)
+    parser.add_argument(
+        "--marks",
+        choices=("played", "immediate"),
+        default="played",
+        help="echo marks once their audio has played (as Twilio does), or at once",
+    )
+    parser.add_argument(
+        "--max-p99-ms", type=float, default=100.0, help="stop escalating past this added p99"
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--name", default="latest", help="file stem of the JSON and PNG")
-    parser.add_argument("--profile", type=int, default=None, metavar="CALLS")
-    parser.add_argument("--profile-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=None,
+        metavar="CALLS",
+        help="afterwards, profile the server with py-spy in an extra run at CALLS calls",
+    )
+    parser.add_argument("--profile-seconds", type=float, default=10.0, metavar="S")
     parser.add_argument(
         "--quiet-wait",
         type=float,
         default=60.0,
         metavar="S",
         help="before each level, wait up to S seconds for other processes to go quiet",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="run a level again (keeping the least disturbed run) while other processes "
+        f"used over {OTHERS_BUSY_PCT:g}%% of a core during it",
     )
     args = parser.parse_args(argv)
     cfg = BenchConfig(
@@ -362,6 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile_calls=args.profile,
         profile_s=args.profile_seconds,
         quiet_wait_s=args.quiet_wait,
+        retries=args.retries,
     )
     procs.pin(os.getpid(), procs.LOAD_CORE)  # keep the orchestrator off the server's core
     result = asyncio.run(run_bench(cfg))
