@@ -290,9 +290,13 @@ async def _measure(cfg: BenchConfig, calls: int) -> dict[str, Any]:
     """One level, run again (up to `retries` times) while other processes disturbed it;
     the least disturbed run is kept, and how many were made is recorded."""
     runs: list[dict[str, Any]] = []
-    for attempt in range(1 + cfg.retries):
-        again = f" (again: other processes used {runs[-1]['other_processes_cpu_pct']:.0f}%)"
-        _say(cfg, f"{calls} calls × {cfg.duration_s:g} s{again if attempt else ''} …")
+    for _ in range(1 + cfg.retries):
+        again = (
+            f" (again: other processes used {runs[-1]['other_processes_cpu_pct']:.0f}%)"
+            if runs
+            else ""
+        )
+        _say(cfg, f"{calls} calls × {cfg.duration_s:g} s{again} …")
         level = await run_level(cfg, calls)
         runs.append(level)
         _say(cfg, report.table([level]).splitlines()[-1])
