@@ -68,7 +68,8 @@ def plot(levels: list[dict[str, Any]], path: Path) -> None:
     lat.axhline(TARGETS["added_p99_ms"], color="grey", ls="--", lw=0.8, label="p99 target")
     lat.axhline(TARGETS["added_p50_ms"], color="grey", ls=":", lw=0.8, label="p50 target")
     lat.set(title="added latency per frame", xlabel="concurrent calls", ylabel="ms")
-    lat.set_yscale("symlog", linthresh=1.0)
+    lat.set_yscale("symlog", linthresh=1.0)  # linear below 1 ms, where the targets are
+    lat.set_ylim(bottom=0)
     lat.legend(fontsize=8)
     cpu.plot(calls, [level["server"]["cpu_s_per_call_minute"] for level in levels], "o-")
     cpu.axhline(TARGETS["cpu_s_per_call_minute"], color="grey", ls="--", lw=0.8, label="target")
