@@ -161,7 +161,7 @@ class Settings(StorageSettings):
     drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 120.0
 
     max_concurrent_calls: Annotated[int, Field(ge=1)] = 100
-    max_call_seconds: Annotated[int, Field(ge=10)] = 7200
+    max_call_seconds: Annotated[int, Field(ge=1)] = 7200
 
     ngrok_authtoken: SecretStr | None = None
     ngrok_domain: str | None = None

@@ -209,3 +209,27 @@ def test_a_broken_tools_module_is_a_readable_settings_error(
     with pytest.raises(SettingsError) as caught:
         create_app(make_settings(agent_tools="no_such_module_xyz"))
     assert "AGENT_TOOLS" in str(caught.value)
+
+
+async def test_max_call_seconds_ends_the_call_with_a_goodbye(
+    realtime: RealtimeDouble,
+    settings_with_rest: Callable[..., Settings],
+    twilio_rest: FakeTwilioRest,
+) -> None:
+    realtime.agent_lines = [agent_line("agent_short_reply")]
+    settings = settings_with_rest(max_call_seconds=2)
+    async with serve(create_app(settings)) as server:
+        async with await call(server, twilio_rest) as caller:
+            goodbye = await caller.wait_for_agent_audio(timeout=5)
+            await realtime.wait_for(
+                lambda: twilio_rest.requests_to("POST", f"/Calls/{caller.call_sid}.json"),
+                timeout=10,
+            )
+        (hang_up,) = twilio_rest.requests_to("POST", f"/Calls/{caller.call_sid}.json")
+        assert hang_up.form == {"Status": "completed"}
+        assert goodbye.start - (caller.started_at or 0) >= 2.0
+        assert goodbye.played_ms >= audio.duration_ms("agent_short_reply") - 40
+    (create,) = realtime.sessions[0].response_creates
+    assert "time limit" in create["response"]["instructions"]
+    record = transcript_of(settings, caller.call_sid)
+    assert "time_limit" in [e["type"] for e in record["events"]]
