@@ -16,6 +16,7 @@ from tests.fixtures import audio
 PUBLIC_BASE_URL = "https://voice.example.com"
 AUTH_TOKEN = "twilio-test-auth-token"
 ACCOUNT = "AC" + "1" * 32
+OUR_NUMBER = "+15550009999"
 
 
 def agent_line(name: str) -> AgentLine:
@@ -61,5 +62,24 @@ def make_settings(realtime: RealtimeDouble, tmp_path: Path) -> Callable[..., Set
         }
         values.update(overrides)
         return load_settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def settings_with_rest(
+    make_settings: Callable[..., Settings], twilio_rest: FakeTwilioRest
+) -> Callable[..., Settings]:
+    """Settings whose Twilio REST calls (hang-ups, transfers, outbound) reach the fake."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "twilio_account_sid": ACCOUNT,
+            "twilio_api_base_url": twilio_rest.base_url,
+            "twilio_phone_number": OUR_NUMBER,
+            "agent_greeting": "",
+            **overrides,
+        }
+        return make_settings(**values)
 
     return make

@@ -7,7 +7,6 @@ import json
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -17,33 +16,14 @@ from app.main import create_app
 from app.settings import Settings
 from app.simulator import CallerSimulator, new_sid
 from app.telephony.outbound import OutboundError, check_number, instructions_digest
-from tests.conftest import ACCOUNT, AUTH_TOKEN, PUBLIC_BASE_URL
+from tests.conftest import ACCOUNT, AUTH_TOKEN, OUR_NUMBER, PUBLIC_BASE_URL
 from tests.doubles.realtime import RealtimeDouble
 from tests.doubles.twilio_rest import FakeTwilioRest
 from tests.servers import serve
 from tests.test_security import close_code_for
 
 API_TOKEN = "api-token-for-tests"
-OUR_NUMBER = "+15550009999"
 INSTRUCTIONS = "You are calling to confirm tomorrow's 7pm booking for three. Be brief."
-
-
-@pytest.fixture
-def outbound_settings(
-    make_settings: Callable[..., Settings], twilio_rest: FakeTwilioRest
-) -> Callable[..., Settings]:
-    def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "twilio_account_sid": ACCOUNT,
-            "twilio_api_base_url": twilio_rest.base_url,
-            "twilio_phone_number": OUR_NUMBER,
-            "api_token": API_TOKEN,
-            "outbound_allowed_prefixes": "+1,+44",
-            **overrides,
-        }
-        return make_settings(**values)
-
-    return make
 
 
 def stream_of(twiml: str) -> tuple[str, dict[str, str]]:
@@ -55,10 +35,10 @@ def stream_of(twiml: str) -> tuple[str, dict[str, str]]:
 
 async def test_post_calls_places_the_call_and_the_agent_follows_its_instructions(
     realtime: RealtimeDouble,
-    outbound_settings: Callable[..., Settings],
+    settings_with_rest: Callable[..., Settings],
     twilio_rest: FakeTwilioRest,
 ) -> None:
-    settings = outbound_settings()
+    settings = settings_with_rest(api_token=API_TOKEN, outbound_allowed_prefixes="+1,+44")
     async with serve(create_app(settings)) as server, httpx.AsyncClient() as client:
         response = await client.post(
             f"{server.http_url}/calls",
@@ -110,10 +90,15 @@ async def test_post_calls_places_the_call_and_the_agent_follows_its_instructions
 
 async def test_tampered_call_parameters_are_refused(
     realtime: RealtimeDouble,
-    outbound_settings: Callable[..., Settings],
+    settings_with_rest: Callable[..., Settings],
     twilio_rest: FakeTwilioRest,
 ) -> None:
-    async with serve(create_app(outbound_settings())) as server, httpx.AsyncClient() as client:
+    async with (
+        serve(
+            create_app(settings_with_rest(api_token=API_TOKEN, outbound_allowed_prefixes="+1,+44"))
+        ) as server,
+        httpx.AsyncClient() as client,
+    ):
         await client.post(
             f"{server.http_url}/calls",
             json={"to": "+15551234567", "instructions": INSTRUCTIONS},
@@ -140,10 +125,15 @@ async def test_post_calls_refuses_bad_requests(
     headers: dict[str, str],
     body: dict[str, str],
     status: int,
-    outbound_settings: Callable[..., Settings],
+    settings_with_rest: Callable[..., Settings],
     twilio_rest: FakeTwilioRest,
 ) -> None:
-    async with serve(create_app(outbound_settings())) as server, httpx.AsyncClient() as client:
+    async with (
+        serve(
+            create_app(settings_with_rest(api_token=API_TOKEN, outbound_allowed_prefixes="+1,+44"))
+        ) as server,
+        httpx.AsyncClient() as client,
+    ):
         response = await client.post(f"{server.http_url}/calls", json=body, headers=headers)
     assert response.status_code == status
     assert twilio_rest.requests_to("POST", "/Calls.json") == []

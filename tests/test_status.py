@@ -10,7 +10,6 @@ from typing import Any
 from xml.etree import ElementTree
 
 import httpx
-import pytest
 
 from app.main import create_app
 from app.settings import Settings
@@ -123,22 +122,6 @@ def test_local_store_notes_then_folds_status_into_the_saved_transcript(tmp_path:
 # --- answering machines ---
 
 
-@pytest.fixture
-def settings_with_rest(
-    make_settings: Callable[..., Settings], twilio_rest: FakeTwilioRest
-) -> Callable[..., Settings]:
-    def make(**overrides: Any) -> Settings:
-        return make_settings(
-            twilio_account_sid=ACCOUNT,
-            twilio_api_base_url=twilio_rest.base_url,
-            agent_greeting="",
-            machine_detection=True,
-            **overrides,
-        )
-
-    return make
-
-
 async def amd(server: RunningServer, call_sid: str, answered_by: str) -> None:
     params = {"CallSid": call_sid, "AccountSid": ACCOUNT, "AnsweredBy": answered_by}
     response = await post_webhook(server, "/twilio/amd", params)
@@ -150,7 +133,7 @@ async def test_a_machine_gets_the_voicemail_message_and_the_transcript_says_so(
     settings_with_rest: Callable[..., Settings],
     twilio_rest: FakeTwilioRest,
 ) -> None:
-    settings = settings_with_rest(voicemail_message=VOICEMAIL)
+    settings = settings_with_rest(machine_detection=True, voicemail_message=VOICEMAIL)
     async with serve(create_app(settings)) as server:
         async with await call(server) as caller:
             twilio_rest.add_call(caller.call_sid)
@@ -172,7 +155,7 @@ async def test_a_fax_is_hung_up_on(
     settings_with_rest: Callable[..., Settings],
     twilio_rest: FakeTwilioRest,
 ) -> None:
-    settings = settings_with_rest(voicemail_message=VOICEMAIL)
+    settings = settings_with_rest(machine_detection=True, voicemail_message=VOICEMAIL)
     async with serve(create_app(settings)) as server:
         call_sid = await finished_call(server, realtime)
         twilio_rest.add_call(call_sid)
@@ -190,7 +173,7 @@ async def test_a_human_is_only_noted(
     settings_with_rest: Callable[..., Settings],
     twilio_rest: FakeTwilioRest,
 ) -> None:
-    settings = settings_with_rest(voicemail_message=VOICEMAIL)
+    settings = settings_with_rest(machine_detection=True, voicemail_message=VOICEMAIL)
     async with serve(create_app(settings)) as server:
         call_sid = new_sid("CA")
         twilio_rest.add_call(call_sid)

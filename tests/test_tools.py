@@ -14,7 +14,7 @@ from app.call.tools import load_tools
 from app.main import create_app
 from app.settings import Settings, SettingsError
 from app.simulator import CallerSimulator, new_sid
-from tests.conftest import ACCOUNT, agent_line
+from tests.conftest import agent_line
 from tests.doubles.realtime import AgentLine, RealtimeDouble
 from tests.doubles.twilio_rest import FakeTwilioRest
 from tests.fixtures import audio
@@ -22,21 +22,6 @@ from tests.servers import RunningServer, serve
 from tests.twilio import answer_call
 
 EXAMPLE_TOOLS = "tests.tools_example.restaurant"
-
-
-@pytest.fixture
-def settings_with_rest(
-    make_settings: Callable[..., Settings], twilio_rest: FakeTwilioRest
-) -> Callable[..., Settings]:
-    def make(**overrides: Any) -> Settings:
-        return make_settings(
-            twilio_account_sid=ACCOUNT,
-            twilio_api_base_url=twilio_rest.base_url,
-            agent_greeting="",
-            **overrides,
-        )
-
-    return make
 
 
 async def call(server: RunningServer, twilio_rest: FakeTwilioRest) -> CallerSimulator:
