@@ -254,16 +254,30 @@ class Settings(StorageSettings):
 
     def serving_problems(self) -> list[tuple[str, str]]:
         """Problems that only matter to a server taking calls (the CLI runs without)."""
+        problems: list[tuple[str, str]] = []
         if self.twilio_validate_signatures and self.twilio_auth_token is None:
-            return [
+            problems.append(
                 (
                     "TWILIO_AUTH_TOKEN",
                     "not set — needed to verify that webhooks come from Twilio "
                     "(console.twilio.com → Account Info); for local experiments only, "
                     "TWILIO_VALIDATE_SIGNATURES=false",
                 )
-            ]
-        return []
+            )
+        # Where finished calls are written first: found out now, not after the first call.
+        name, directory = (
+            ("TRANSCRIPT_SPOOL_DIR", self.transcript_spool_dir)
+            if self.transcripts_bucket
+            else ("TRANSCRIPTS_DIR", self.transcripts_dir)
+        )
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            writable = os.access(directory, os.W_OK)
+        except OSError:
+            writable = False
+        if not writable:
+            problems.append((name, f"cannot write to {directory} — choose a writable directory"))
+        return problems
 
     def secret_values(self) -> list[str]:
         """Every secret this process knows, for the log scrubber."""

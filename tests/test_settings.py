@@ -70,3 +70,16 @@ def test_stream_url_derives_from_public_base_url_only() -> None:
     )
     assert settings.stream_url == "wss://abc.ngrok.app/media-stream"
     assert settings.realtime_url == "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+
+
+def test_an_unwritable_transcripts_directory_is_a_readable_start_up_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = run_cli(
+        ["serve"],
+        {"OPENAI_API_KEY": "sk-x", "TWILIO_AUTH_TOKEN": "t", "TRANSCRIPTS_DIR": str(blocker)},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "- TRANSCRIPTS_DIR: cannot write to" in result.stderr
