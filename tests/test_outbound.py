@@ -15,7 +15,12 @@ from app.cli import main
 from app.main import create_app
 from app.settings import Settings
 from app.simulator import CallerSimulator, new_sid
-from app.telephony.outbound import OutboundError, check_number, instructions_digest
+from app.telephony.outbound import (
+    OutboundCall,
+    OutboundError,
+    check_number,
+    instructions_digest,
+)
 from tests.conftest import ACCOUNT, AUTH_TOKEN, OUR_NUMBER, PUBLIC_BASE_URL
 from tests.doubles.realtime import RealtimeDouble
 from tests.doubles.twilio_rest import FakeTwilioRest
@@ -175,3 +180,24 @@ def test_numbers_are_checked_before_anything_is_dialled() -> None:
     ]:
         with pytest.raises(OutboundError, match=reason):
             check_number(number, prefixes)
+
+
+async def test_unusable_call_parameters_close_the_stream_cleanly(
+    realtime: RealtimeDouble, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings(twilio_validate_signatures=False, twilio_auth_token=None)
+    async with serve(create_app(settings)) as server:
+        for bad in ({"metadata": "{not json"}, {"instructions": "z:%%%"}):
+            assert await close_code_for(server, new_sid("CA"), bad) == 1008
+    assert realtime.connections == 0
+
+
+def test_long_instructions_travel_compressed_and_come_back_intact() -> None:
+    from app.telephony.outbound import call_instructions, stream_parameters
+    from app.telephony.signatures import StreamTokens
+
+    long_text = "Confirm the booking politely. " * 60
+    params = stream_parameters(OutboundCall("+15551234567", long_text), "+1555", StreamTokens(b"k"))
+    assert params["instructions"].startswith("z:")
+    assert len(params["instructions"]) < len(long_text) / 5
+    assert call_instructions(params) == long_text

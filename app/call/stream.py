@@ -97,8 +97,13 @@ async def handle_media_stream(socket: WebSocket[Any, Any, Any], services: CallSe
         log.warning("rejected a media stream: %s", refusal)
         await _close(socket, POLICY_VIOLATION)
         return
-    bridge = CallBridge(_agent_config(services, start.start.custom_parameters))
-    call = bridge.start(start)
+    try:
+        bridge = CallBridge(_agent_config(services, start.start.custom_parameters))
+        call = bridge.start(start)
+    except ValueError as error:  # unusable call parameters (MessageError is a ValueError)
+        log.warning("rejected a media stream: %s", error)
+        await _close(socket, POLICY_VIOLATION)
+        return
     loops = _CallLoops(socket, bridge, services)
     services.active[call.call_sid] = loops
     log.info(

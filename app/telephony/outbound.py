@@ -134,6 +134,9 @@ def _pack(text: str) -> str:
 
 
 def _unpack(value: str) -> str:
-    if value.startswith(_COMPRESSED):
+    if not value.startswith(_COMPRESSED):
+        return value
+    try:
         return zlib.decompress(base64.b64decode(value[len(_COMPRESSED) :])).decode()
-    return value
+    except (ValueError, zlib.error) as error:
+        raise ValueError(f"instructions parameter is not valid: {error}") from None
