@@ -16,7 +16,7 @@ from app.settings import Settings, SettingsError
 from app.simulator import CallerSimulator, new_sid
 from tests.conftest import agent_line
 from tests.doubles.realtime import AgentLine, RealtimeDouble
-from tests.doubles.twilio_rest import FakeTwilioRest
+from tests.doubles.twilio_rest import FakeTwilioRest, RecordedRequest
 from tests.fixtures import audio
 from tests.servers import RunningServer, serve
 from tests.twilio import answer_call
@@ -29,6 +29,16 @@ async def call(server: RunningServer, twilio_rest: FakeTwilioRest) -> CallerSimu
     twilio_rest.add_call(call_sid)
     parameters = await answer_call(server, call_sid)
     return CallerSimulator(server.ws_url, call_sid=call_sid, custom_parameters=parameters)
+
+
+async def call_updated(
+    realtime: RealtimeDouble, twilio_rest: FakeTwilioRest, call_sid: str
+) -> list[RecordedRequest]:
+    """The REST updates of a call (hang-up, redirect), once there is one."""
+    updates: list[RecordedRequest] = await realtime.wait_for(
+        lambda: twilio_rest.requests_to("POST", f"/Calls/{call_sid}.json"), timeout=10
+    )
+    return updates
 
 
 def transcript_of(settings: Settings, call_sid: str) -> dict[str, Any]:
@@ -52,11 +62,8 @@ async def test_end_call_hangs_up_only_after_the_goodbye_was_heard(
         async with await call(server, twilio_rest) as caller:
             await caller.say(audio.load("caller_interrupt"))
             goodbye = await caller.wait_for_agent_audio(timeout=5)
-            await realtime.wait_for(
-                lambda: twilio_rest.requests_to("POST", f"/Calls/{caller.call_sid}.json"),
-                timeout=10,
-            )
-        (hang_up,) = twilio_rest.requests_to("POST", f"/Calls/{caller.call_sid}.json")
+            await call_updated(realtime, twilio_rest, caller.call_sid)
+        (hang_up,) = await call_updated(realtime, twilio_rest, caller.call_sid)
         assert hang_up.form == {"Status": "completed"}
         last_mark = max(echo.time for echo in caller.marks_echoed if not echo.cleared)
         assert hang_up.at >= last_mark, "hung up before the goodbye had played"
@@ -78,10 +85,7 @@ async def test_end_call_on_a_call_that_is_already_over_is_fine(
     async with serve(app) as server, await call(server, twilio_rest) as caller:
         twilio_rest.forget_call(caller.call_sid)
         await caller.say(audio.load("caller_interrupt"))
-        await realtime.wait_for(
-            lambda: twilio_rest.requests_to("POST", f"/Calls/{caller.call_sid}.json"),
-            timeout=10,
-        )
+        await call_updated(realtime, twilio_rest, caller.call_sid)
         await caller.pause(0.3)
     assert "already ended" in caplog.text
     assert "could not" not in caplog.text
@@ -97,12 +101,9 @@ async def test_transfer_redirects_the_call_to_a_human_with_dial(
     async with serve(create_app(settings)) as server:
         async with await call(server, twilio_rest) as caller:
             await caller.say(audio.load("caller_interrupt"))
-            await realtime.wait_for(
-                lambda: twilio_rest.requests_to("POST", f"/Calls/{caller.call_sid}.json"),
-                timeout=10,
-            )
+            await call_updated(realtime, twilio_rest, caller.call_sid)
             await caller.hang_up()  # Twilio's stop after the redirect
-        (redirect,) = twilio_rest.requests_to("POST", f"/Calls/{caller.call_sid}.json")
+        (redirect,) = await call_updated(realtime, twilio_rest, caller.call_sid)
         assert "<Dial>+15557654321</Dial>" in redirect.form["Twiml"]
     tools = realtime.sessions[0].config["tools"]
     assert {tool["name"] for tool in tools} == {"end_call", "transfer_call"}
@@ -206,11 +207,8 @@ async def test_max_call_seconds_ends_the_call_with_a_goodbye(
     async with serve(create_app(settings)) as server:
         async with await call(server, twilio_rest) as caller:
             goodbye = await caller.wait_for_agent_audio(timeout=5)
-            await realtime.wait_for(
-                lambda: twilio_rest.requests_to("POST", f"/Calls/{caller.call_sid}.json"),
-                timeout=10,
-            )
-        (hang_up,) = twilio_rest.requests_to("POST", f"/Calls/{caller.call_sid}.json")
+            await call_updated(realtime, twilio_rest, caller.call_sid)
+        (hang_up,) = await call_updated(realtime, twilio_rest, caller.call_sid)
         assert hang_up.form == {"Status": "completed"}
         assert goodbye.start - (caller.started_at or 0) >= 2.0
         assert goodbye.played_ms >= audio.duration_ms("agent_short_reply") - 40
