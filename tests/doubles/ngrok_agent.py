@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from tests.doubles.json_http import json_handler
+
 ROOT = Path(__file__).resolve().parents[2]
 # Like the real agent's, it quotes the token it was given: our side must not repeat it.
 AUTH_ERROR = (
@@ -159,31 +161,5 @@ class _Agent:
         return 200, endpoint
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
-        agent = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self._answer()
-
-            def do_POST(self) -> None:
-                self._answer()
-
-            def do_DELETE(self) -> None:
-                self._answer()
-
-            def _answer(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length).decode() if length else ""
-                status, payload = agent.answer(self.command, self.path, body)
-                data = json.dumps(payload).encode() if payload is not None else b""
-                self.send_response(status)
-                if data:
-                    self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                """Quiet: stdout is the agent's log, which pyngrok parses."""
-
-        return Handler
+        # stdout is the agent's log, which pyngrok parses: the handler stays quiet.
+        return json_handler(lambda method, path, _headers, body: self.answer(method, path, body))

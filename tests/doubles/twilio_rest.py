@@ -15,7 +15,6 @@ legacy `{code, message, more_info, status}` body the SDK turns into `TwilioRestE
 from __future__ import annotations
 
 import base64
-import json
 import re
 import secrets
 import threading
@@ -31,6 +30,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from twilio.rest import Client
 
 from app.telephony.rest import create_client
+from tests.doubles.json_http import json_handler
 
 API = "/2010-04-01"
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
@@ -372,32 +372,10 @@ class FakeTwilioRest:
 
 
 def _handler(fake: FakeTwilioRest) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as requests' session expects
-
-        def do_GET(self) -> None:
-            self._answer()
-
-        def do_POST(self) -> None:
-            self._answer()
-
-        def do_DELETE(self) -> None:
-            self._answer()
-
-        def _answer(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length).decode() if length else ""
-            status, payload = fake.handle(
-                self.command, self.path, self.headers.get("Authorization"), body
-            )
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            """Quiet: the request log is `fake.requests`."""
-
-    return Handler
+    """JSON over keep-alive HTTP/1.1, as the SDK's requests session expects."""
+    return json_handler(
+        lambda method, path, headers, body: fake.handle(
+            method, path, headers.get("Authorization"), body
+        ),
+        keep_alive=True,
+    )
