@@ -31,6 +31,12 @@ API_TOKEN = "api-token-for-tests"
 INSTRUCTIONS = "You are calling to confirm tomorrow's 7pm booking for three. Be brief."
 
 
+@pytest.fixture
+def outbound_settings(settings_with_rest: Callable[..., Settings]) -> Settings:
+    """A deployment that may place calls to the US and the UK."""
+    return settings_with_rest(api_token=API_TOKEN, outbound_allowed_prefixes="+1,+44")
+
+
 def stream_of(twiml: str) -> tuple[str, dict[str, str]]:
     stream = ET.fromstring(twiml).find("Connect/Stream")
     assert stream is not None
@@ -40,10 +46,10 @@ def stream_of(twiml: str) -> tuple[str, dict[str, str]]:
 
 async def test_post_calls_places_the_call_and_the_agent_follows_its_instructions(
     realtime: RealtimeDouble,
-    settings_with_rest: Callable[..., Settings],
+    outbound_settings: Settings,
     twilio_rest: FakeTwilioRest,
 ) -> None:
-    settings = settings_with_rest(api_token=API_TOKEN, outbound_allowed_prefixes="+1,+44")
+    settings = outbound_settings
     async with serve(create_app(settings)) as server, httpx.AsyncClient() as client:
         response = await client.post(
             f"{server.http_url}/calls",
@@ -95,13 +101,11 @@ async def test_post_calls_places_the_call_and_the_agent_follows_its_instructions
 
 async def test_tampered_call_parameters_are_refused(
     realtime: RealtimeDouble,
-    settings_with_rest: Callable[..., Settings],
+    outbound_settings: Settings,
     twilio_rest: FakeTwilioRest,
 ) -> None:
     async with (
-        serve(
-            create_app(settings_with_rest(api_token=API_TOKEN, outbound_allowed_prefixes="+1,+44"))
-        ) as server,
+        serve(create_app(outbound_settings)) as server,
         httpx.AsyncClient() as client,
     ):
         await client.post(
@@ -130,13 +134,11 @@ async def test_post_calls_refuses_bad_requests(
     headers: dict[str, str],
     body: dict[str, str],
     status: int,
-    settings_with_rest: Callable[..., Settings],
+    outbound_settings: Settings,
     twilio_rest: FakeTwilioRest,
 ) -> None:
     async with (
-        serve(
-            create_app(settings_with_rest(api_token=API_TOKEN, outbound_allowed_prefixes="+1,+44"))
-        ) as server,
+        serve(create_app(outbound_settings)) as server,
         httpx.AsyncClient() as client,
     ):
         response = await client.post(f"{server.http_url}/calls", json=body, headers=headers)
