@@ -312,3 +312,15 @@ def test_agent_audio_is_marked_every_100_ms_and_at_the_end_of_a_response() -> No
     assert events == ["media"] * 5 + ["mark"] + ["media"] * 2
     bridge.realtime_event(server({"type": "response.done", "response": {"id": "r"}}))
     assert [json.loads(f)["event"] for f in bridge.data_to_twilio()] == ["mark"]
+
+
+def test_the_time_limit_goodbye_waits_for_the_active_response() -> None:
+    bridge, _ = started(AgentConfig("m", "i", "ash", "", "whisper-1"))
+    bridge.data_to_openai()
+    bridge.realtime_event(server({"type": "response.created", "response": {"id": "r"}}))
+    bridge.time_limit_reached()
+    assert bridge.data_to_openai() == []  # the API refuses a second active response
+    bridge.realtime_event(server({"type": "response.done", "response": {"id": "r"}}))
+    (goodbye,) = (json.loads(f) for f in bridge.data_to_openai())
+    assert "time limit" in goodbye["response"]["instructions"]
+    assert bridge.due_action() is None  # not before the goodbye has been said and heard

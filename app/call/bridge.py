@@ -97,7 +97,7 @@ class CallBridge:
         self.first_audio_turn: Turn | None = None
         # Tools and call control.
         self.tool_requests: list[ToolRequest] = []
-        self._response_wanted = False
+        self._deferred_response: str | None = None  # instructions ("" for none) to send next
         self._action: CallAction | None = None
         self._time_limit_reached = False
 
@@ -159,8 +159,7 @@ class CallBridge:
         self._awaiting_since = now
         if not self.transcript.turns:
             if self.config.greeting:  # nothing said yet: the agent opens the call
-                instructions = greeting_instructions(self.config.greeting)
-                self._to_openai.append(rt.create_response(instructions))
+                self._request_response(greeting_instructions(self.config.greeting))
         else:
             for n, turn in enumerate(self.transcript.spoken_turns()):
                 item_id = f"{SEED_PREFIX}{self.sessions}_{n}"
@@ -299,9 +298,9 @@ class CallBridge:
             self._close_audio_group()  # so we learn when the response's last words played
             self._responding = False
             self._count_usage(event.response, transcript)
-            if self._response_wanted:
-                self._response_wanted = False
-                self._request_response()
+            if self._deferred_response is not None:
+                instructions, self._deferred_response = self._deferred_response, None
+                self._request_response(instructions)
         elif isinstance(event, rt.FunctionCallArgumentsDone):
             self._function_call(event, transcript)
 
@@ -336,12 +335,12 @@ class CallBridge:
         if respond:
             self._request_response()
 
-    def _request_response(self) -> None:
+    def _request_response(self, instructions: str = "") -> None:
         """Ask for a response now, or right after the active one (the API refuses two)."""
         if self._responding:
-            self._response_wanted = True
+            self._deferred_response = instructions
         else:
-            self._to_openai.append(rt.create_response())
+            self._to_openai.append(rt.create_response(instructions or None))
             self._responding = True
 
     def time_limit_reached(self) -> None:
@@ -352,8 +351,7 @@ class CallBridge:
         self.transcript.note("time_limit", self.now_ms())
         self._action = CallAction("hang_up")
         if self._connected:
-            self._to_openai.append(rt.create_response(TIME_LIMIT_GOODBYE))
-            self._responding = True
+            self._request_response(TIME_LIMIT_GOODBYE)
 
     def due_action(self) -> CallAction | None:
         """The hang-up or transfer to carry out now: only once the agent's last words
