@@ -71,6 +71,9 @@ class Child:
         times = self.ps.cpu_times()
         return times.user + times.system
 
+    def kernel_cpu_s(self) -> float:
+        return float(self.ps.cpu_times().system)
+
     def rss(self) -> int:
         return int(self.ps.memory_info().rss)
 

@@ -83,6 +83,7 @@ class Snapshot:
 
     at: float
     server: float
+    server_kernel: float
     double: float
     gen: float
     own: float
@@ -93,6 +94,7 @@ class Snapshot:
         return cls(
             time.perf_counter(),
             server.cpu_s(),
+            server.kernel_cpu_s(),
             double.cpu_s(),
             gen.cpu_s(),
             procs.own_cpu_s(),
@@ -151,6 +153,7 @@ async def _drive(
     wall = end.at - start.at
     result["window_s"] = round(wall, 3)
     result["server_cpu_s"] = end.server - start.server
+    result["server_kernel_cpu_s"] = end.server_kernel - start.server_kernel
     result["double_cpu_pct"] = round(100 * (end.double - start.double) / wall, 1)
     ours = sum(getattr(end, f) - getattr(start, f) for f in ("server", "double", "gen", "own"))
     others = (end.machine - start.machine) - ours
@@ -213,6 +216,7 @@ def _level(result: dict[str, Any], rss_idle: int, log: list[str]) -> dict[str, A
     """Derived figures and warnings of one level."""
     calls, window = result["calls"], result["window_s"]
     cpu_s = result.pop("server_cpu_s")
+    kernel_s = result.pop("server_kernel_cpu_s")
     rss_load = result.pop("rss_load")
     server_pct = 100 * cpu_s / window
     per_call_minute = cpu_s / (calls * window / 60)  # capacity: calls per core = 60 / this
@@ -220,6 +224,8 @@ def _level(result: dict[str, Any], rss_idle: int, log: list[str]) -> dict[str, A
         "cpu_s": round(cpu_s, 3),
         "cpu_pct": round(server_pct, 1),
         "cpu_s_per_call_minute": round(per_call_minute, 4),
+        # socket system calls, mostly: the share no Python change can remove
+        "kernel_share_pct": round(100 * kernel_s / cpu_s, 1) if cpu_s else None,
         "calls_per_core": round(60 / per_call_minute, 1) if per_call_minute else None,
         "rss_idle_mb": round(rss_idle / 2**20, 2),
         "rss_load_mb": round(rss_load / 2**20, 2),

@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from litestar import WebSocket
-from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from app.call.bridge import CallAction, CallBridge, ToolRequest
@@ -23,7 +22,7 @@ from app.call.tools import Tool, run_tool
 from app.call.transcript import Turn
 from app.logs import call_sid_var
 from app.metrics import Metrics
-from app.realtime.connection import connect_realtime
+from app.realtime.connection import RealtimeConnection, connect_realtime
 from app.realtime.events import Error, parse_server_event
 from app.realtime.session import AgentConfig
 from app.settings import Settings
@@ -190,7 +189,7 @@ class _CallLoops:
         self.settings = services.settings
         self.metrics = services.metrics
         self.services = services
-        self.realtime: ClientConnection | None = None
+        self.realtime: RealtimeConnection | None = None
         self.outcome = "stream_closed"
         self._tool_tasks: set[asyncio.Task[None]] = set()
 
@@ -233,7 +232,7 @@ class _CallLoops:
         with contextlib.suppress(ConnectionClosed):
             await self._send_openai()
 
-    async def _connect(self, deadline: float) -> ClientConnection | None:
+    async def _connect(self, deadline: float) -> RealtimeConnection | None:
         """Open a Realtime session, retrying with backoff until `deadline`; None when
         OpenAI stays unreachable (the caller then hears the apology, not silence)."""
         loop = asyncio.get_running_loop()
@@ -254,7 +253,7 @@ class _CallLoops:
             delay = min(delay * 2, 2.0)
 
     async def _serve_session(
-        self, realtime: ClientConnection, from_twilio: asyncio.Task[None]
+        self, realtime: RealtimeConnection, from_twilio: asyncio.Task[None]
     ) -> str | None:
         """Bridge until the call ends (None) or the session must be replaced (the reason)."""
         from_openai = asyncio.create_task(self._pump_openai(realtime))
@@ -311,13 +310,14 @@ class _CallLoops:
                 await self._send_openai()
             self._act()
 
-    async def _pump_openai(self, realtime: ClientConnection) -> None:
+    async def _pump_openai(self, realtime: RealtimeConnection) -> None:
         """OpenAI → bridge → Twilio (and back to OpenAI for truncation), until it closes."""
         bridge = self.bridge
         clock = time.perf_counter
         send = self.socket.send  # the ASGI send, without per-frame wrappers
         with contextlib.suppress(ConnectionClosed):
-            async for data in realtime:
+            while True:
+                data = await realtime.recv()
                 received_at = clock()
                 event = parse_server_event(data)
                 if event is None:
@@ -396,9 +396,12 @@ class _CallLoops:
 
     async def _send_openai(self) -> None:
         frames = self.bridge.data_to_openai()
-        if self.realtime is not None:
+        realtime = self.realtime
+        if realtime is not None:
             for frame in frames:
-                await self.realtime.send(frame)
+                realtime.send(frame)
+            if realtime.write_paused:
+                await realtime.drain()
 
 
 async def drain(services: CallServices, timeout_s: float, wrap_up_s: float) -> None:

@@ -1,0 +1,130 @@
+"""The Realtime socket against a real websockets server on loopback: what OpenAI may do
+on the wire (fragments, pings, refusals, closing) and what our lean sender writes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
+
+from app.realtime.connection import MaskKeys, connect_realtime, masked_text_frame
+from app.settings import Settings
+
+Handler = Callable[[ServerConnection], Awaitable[None]]
+
+
+@asynccontextmanager
+async def openai_at(
+    handler: Handler,
+    make_settings: Callable[..., Settings],
+    process_request: Callable[[ServerConnection, Request], Response | None] | None = None,
+) -> AsyncIterator[Settings]:
+    async with serve(handler, "127.0.0.1", 0, process_request=process_request) as server:
+        port = server.sockets[0].getsockname()[1]
+        yield make_settings(openai_realtime_url=f"ws://127.0.0.1:{port}/v1/realtime")
+
+
+@pytest.mark.parametrize("size", [10, 125, 126, 65535, 65536, 200_000])
+def test_every_frame_length_encoding_reads_back_as_the_text_sent(size: int) -> None:
+    text = "é" * (size // 2) + "x" * (size % 2)
+    server = ServerProtocol(state=OPEN, max_size=None)
+    server.receive_data(masked_text_frame(text.encode(), MaskKeys().next()))
+    [frame] = server.events_received()
+    assert frame.opcode is Opcode.TEXT and frame.fin
+    assert bytes(frame.data).decode() == text
+
+
+def test_mask_keys_are_fresh_across_pool_refills() -> None:
+    keys = MaskKeys()
+    drawn = [keys.next() for _ in range(3 * MaskKeys.POOL_BYTES // 4)]
+    assert all(len(key) == 4 for key in drawn)
+    pools = [b"".join(drawn[i : i + 1024]) for i in range(0, len(drawn), 1024)]
+    assert len(set(pools)) == 3  # a refill draws new randomness, never replays the pool
+
+
+async def test_headers_messages_both_ways_and_a_clean_close(
+    make_settings: Callable[..., Settings],
+) -> None:
+    seen: dict[str, Any] = {}
+
+    async def echo(ws: ServerConnection) -> None:
+        assert ws.request is not None
+        seen["auth"] = ws.request.headers["Authorization"]
+        seen["beta"] = ws.request.headers.get("OpenAI-Beta")
+        async for message in ws:
+            await ws.send(message)
+        seen["code"] = ws.close_code
+
+    async with openai_at(echo, make_settings) as settings:
+        connection = await connect_realtime(settings)
+        big = "a" * 100_000
+        for text in ("hello", big):
+            connection.send(text)
+            assert await connection.recv() == text.encode()
+        await connection.close()
+        assert connection.close_code == 1000
+        with pytest.raises(ConnectionClosed):
+            connection.send("after close")
+    assert seen["auth"] == f"Bearer {settings.openai_api_key.get_secret_value()}"
+    assert seen["beta"] is None
+    assert seen["code"] == 1000
+
+
+async def test_fragments_are_joined_pings_answered_and_the_close_code_kept(
+    make_settings: Callable[..., Settings],
+) -> None:
+    pong = asyncio.Event()
+
+    async def chatty(ws: ServerConnection) -> None:
+        await ws.send(["part one, ", "part two"])  # one message in three frames
+        await asyncio.wait_for(await ws.ping(), 5)
+        pong.set()
+        await ws.send("last")
+        await ws.close(4000, "session expired")
+
+    async with openai_at(chatty, make_settings) as settings:
+        connection = await connect_realtime(settings)
+        assert await connection.recv() == b"part one, part two"
+        assert await connection.recv() == b"last"
+        with pytest.raises(ConnectionClosed):
+            await connection.recv()
+        assert connection.close_code == 4000
+        assert pong.is_set()
+
+
+async def test_a_refusal_carries_its_http_status(make_settings: Callable[..., Settings]) -> None:
+    def refuse(ws: ServerConnection, request: Request) -> Response:
+        return ws.respond(401, "invalid api key\n")
+
+    async def never(ws: ServerConnection) -> None:
+        raise AssertionError("no session without a key")
+
+    async with openai_at(never, make_settings, refuse) as settings:
+        with pytest.raises(InvalidStatus) as refused:
+            await connect_realtime(settings)
+    assert refused.value.response.status_code == 401
+
+
+async def test_a_server_that_vanishes_ends_recv_with_connection_closed(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async def vanish(ws: ServerConnection) -> None:
+        await ws.send("one")
+        ws.transport.abort()
+
+    async with openai_at(vanish, make_settings) as settings:
+        connection = await connect_realtime(settings)
+        assert await connection.recv() == b"one"
+        with pytest.raises(ConnectionClosed):
+            await connection.recv()
+        assert connection.close_code == 1006
+        await connection.close()  # closing what is already gone returns at once
