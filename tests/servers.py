@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import uvicorn
 from litestar import Litestar
 
-from app.server import MediaStreamProtocol
+from app.server import UVICORN_OPTIONS
 
 
 @dataclass
@@ -45,8 +45,7 @@ async def serve(app: Litestar) -> AsyncIterator[RunningServer]:
         port=port,
         log_config=None,
         lifespan="on",
-        ws_max_size=64 * 1024,
-        ws=MediaStreamProtocol,  # as in production (app.server)
+        **UVICORN_OPTIONS,  # as in production: our WebSocket protocol and its limits
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

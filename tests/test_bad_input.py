@@ -144,3 +144,32 @@ async def test_random_and_mutated_messages_never_break_the_good_call(
     assert [t["role"] for t in transcripts[0]["turns"]] == ["caller", "agent"]
     crashes = [r for r in caplog.records if r.levelno >= logging.ERROR and r.exc_info is not None]
     assert crashes == [], [r.getMessage() for r in crashes]
+
+
+async def test_frames_off_the_audio_fast_path_still_work(
+    realtime: RealtimeDouble, make_settings: Callable[..., Settings]
+) -> None:
+    """Twilio sends whole text frames, which the server cuts out itself; pings, fragmented
+    messages and bad UTF-8 must still get the WebSocket library's full treatment."""
+    settings = make_settings(agent_greeting="")
+
+    def appended() -> list[str]:
+        events = realtime.latest.events_of("input_audio_buffer.append")
+        return [event["audio"] for event in events]
+
+    async with serve(create_app(settings)) as server:
+        call_sid = new_sid("CA")
+        parameters = await answer_call(server, call_sid)
+        async with connect(server.ws_url, compression=None) as ws:
+            await ws.send(start_frame(call_sid, parameters))
+            await realtime.wait_for(lambda: realtime.sessions and realtime.latest.config)
+            message = json.dumps(media(GOOD_FRAME))
+            await ws.send(iter([message[:40], message[40:90], message[90:]]))  # 3 fragments
+            await asyncio.wait_for(await ws.ping(), 5)
+            await ws.send(message)
+            await realtime.wait_for(lambda: len(appended()) == 2)
+            assert appended() == [GOOD_FRAME, GOOD_FRAME]
+            await ws.send(b'{"event": "\xff"}', text=True)
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+            assert ws.close_code == 1007

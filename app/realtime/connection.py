@@ -15,9 +15,7 @@ call's watchdog replaces (see `CallBridge.stalled`).
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
-import struct
 from collections import deque
 from typing import cast
 
@@ -28,56 +26,16 @@ from websockets.http11 import Response
 from websockets.protocol import CLOSED, OPEN
 from websockets.uri import parse_uri
 
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - the C extension ships in websockets' wheels
-    from websockets.utils import apply_mask
-
 from app.settings import Settings
+from app.wsframes import FrameSplitter, MaskKeys, text_frame
 
 CONNECT_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 1.0  # a hung-up call must release its OpenAI session within a second
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_RESPONSE_HEAD_BYTES = 64 * 1024
 USER_AGENT = "voicebridge"
 # Received messages the call has not taken yet; past this many, stop reading the socket.
 MAX_QUEUED = 64
-
-_MEDIUM = struct.Struct("!BBH")
-_LONG = struct.Struct("!BBQ")
-_FIN_TEXT = 0x81
-_MASKED = 0x80
-
-
-class MaskKeys:
-    """Four fresh random bytes per client frame (RFC 6455 §5.3), drawn from the OS 4 KiB
-    at a time: one getrandom() call per thousand frames instead of one per frame."""
-
-    POOL_BYTES = 4096
-
-    def __init__(self) -> None:
-        self._pool = b""
-        self._at = 0
-
-    def next(self) -> bytes:
-        at = self._at
-        if at >= len(self._pool):
-            self._pool = os.urandom(self.POOL_BYTES)
-            at = 0
-        self._at = at + 4
-        return self._pool[at : at + 4]
-
-
-def masked_text_frame(payload: bytes, mask: bytes) -> bytes:
-    """One final, masked text frame: what `Frame.serialize(mask=True)` writes."""
-    length = len(payload)
-    if length < 126:
-        header = bytes((_FIN_TEXT, _MASKED | length))
-    elif length < 1 << 16:
-        header = _MEDIUM.pack(_FIN_TEXT, _MASKED | 126, length)
-    else:
-        header = _LONG.pack(_FIN_TEXT, _MASKED | 127, length)
-    return b"".join((header, mask, apply_mask(payload, mask)))
-
 
 _mask_keys = MaskKeys()  # one event loop thread uses it; keys are never reused
 
@@ -94,6 +52,8 @@ class RealtimeConnection(asyncio.Protocol):
         self._lost: asyncio.Future[None] = loop.create_future()
         self._messages: deque[bytes] = deque()
         self._fragments: list[bytes] = []
+        self._head = b""  # the handshake response, until its head is whole
+        self._splitter: FrameSplitter | None = None  # from the end of the handshake on
         self._waiter: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
         self._reading_paused = False
@@ -112,7 +72,7 @@ class RealtimeConnection(asyncio.Protocol):
         when `write_paused` turns true, await `drain()` before sending more."""
         if self._protocol.state is not OPEN or self._transport is None:
             raise self._closed_error()
-        self._transport.write(masked_text_frame(text.encode(), _mask_keys.next()))
+        self._transport.write(text_frame(text.encode(), _mask_keys.next()))
 
     async def drain(self) -> None:
         """Wait until the kernel takes our writes again (OpenAI reads slower than we send)."""
@@ -155,22 +115,17 @@ class RealtimeConnection(asyncio.Protocol):
         self._flush()  # the handshake request
 
     def data_received(self, data: bytes) -> None:
-        protocol = self._protocol
-        protocol.receive_data(data)
-        for event in protocol.events_received():
-            if isinstance(event, Frame):
-                self._frame_received(event)
-            elif not self._opened.done():  # the handshake's response
-                assert isinstance(event, Response)
-                error = protocol.handshake_exc
-                if error is None:
-                    self._opened.set_result(None)
-                else:
-                    self._opened.set_exception(error)
-        self._flush()
-        if protocol.close_expected() and self._close_timer is None:
-            assert self._transport is not None
-            self._close_timer = self._loop.call_later(CLOSE_TIMEOUT_S, self._transport.abort)
+        splitter = self._splitter
+        if splitter is None:
+            self._received_head(data)
+        elif self._protocol.state is not OPEN:  # closing: the rest is the library's
+            self._to_library(splitter.hand_over() + data)
+        else:
+            for whole, chunk in splitter.feed(data):
+                if not whole:
+                    self._to_library(chunk)
+                elif self._protocol.state is OPEN:  # messages after a close are dropped
+                    self._deliver(chunk)
 
     def eof_received(self) -> None:
         self._protocol.receive_eof()
@@ -196,6 +151,40 @@ class RealtimeConnection(asyncio.Protocol):
             self._drained.set_result(None)
 
     # -- internals ---------------------------------------------------------------------
+
+    def _received_head(self, data: bytes) -> None:
+        """Hold the handshake response until its head is whole; the library then gets
+        exactly the head, and frames that came along with it are split like any others."""
+        head = self._head + data
+        end = head.find(b"\r\n\r\n")
+        if end < 0 and len(head) <= MAX_RESPONSE_HEAD_BYTES:
+            self._head = head
+            return
+        cut = len(head) if end < 0 else end + 4
+        self._head = b""
+        self._splitter = FrameSplitter(masked=False, max_size=MAX_MESSAGE_BYTES)
+        self._to_library(head[:cut])
+        if len(head) > cut:
+            self.data_received(head[cut:])
+
+    def _to_library(self, data: bytes) -> None:
+        """Bytes for websockets' protocol: the handshake, control frames, fragments."""
+        protocol = self._protocol
+        protocol.receive_data(data)
+        for event in protocol.events_received():
+            if isinstance(event, Frame):
+                self._frame_received(event)
+            elif not self._opened.done():  # the handshake's response
+                assert isinstance(event, Response)
+                error = protocol.handshake_exc
+                if error is None:
+                    self._opened.set_result(None)
+                else:
+                    self._opened.set_exception(error)
+        self._flush()
+        if protocol.close_expected() and self._close_timer is None:
+            assert self._transport is not None
+            self._close_timer = self._loop.call_later(CLOSE_TIMEOUT_S, self._transport.abort)
 
     def _frame_received(self, frame: Frame) -> None:
         """Whole messages go to the queue; pings, pongs and close are the protocol's."""
