@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from litestar import Litestar, MediaType, Request, Response, WebSocket, get, post, websocket
+from litestar import Litestar, MediaType, Request, Response, get, post, websocket
 from litestar.exceptions import (
     ClientException,
     HTTPException,
@@ -23,7 +23,7 @@ from litestar.exceptions import (
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from twilio.base.exceptions import TwilioRestException
 
-from app.call.stream import CallServices, handle_media_stream
+from app.call.stream import CallServices, MediaStreamSocket, handle_media_stream
 from app.call.tools import Tool, ToolsError, builtin_tools, load_tools
 from app.logs import call_sid_var
 from app.metrics import CONTENT_TYPE, Metrics
@@ -288,8 +288,8 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
         log.info("placed an outbound call", extra={"to": to, "placed_call_sid": call_sid})
         return {"call_sid": call_sid, "to": to}
 
-    @websocket("/media-stream")
-    async def media_stream(socket: WebSocket[Any, Any, Any]) -> None:
+    @websocket("/media-stream", websocket_class=MediaStreamSocket)
+    async def media_stream(socket: MediaStreamSocket) -> None:
         await handle_media_stream(socket, services)
 
     @get("/metrics", media_type=CONTENT_TYPE)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from litestar import WebSocket
+from litestar.types import Receive, Scope, Send
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from app.call.bridge import CallAction, CallBridge, ToolRequest
@@ -48,6 +49,16 @@ NORMAL_CLOSURE = 1000
 POLICY_VIOLATION = 1008
 
 
+class MediaStreamSocket(WebSocket[Any, Any, Any]):
+    """Litestar's WebSocket, keeping the server's own receive and send for the audio
+    loops: Litestar's wrappers only track state, at one more await per frame."""
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        super().__init__(scope, receive, send)
+        self.asgi_receive = receive
+        self.asgi_send = send
+
+
 class CallControl(Protocol):
     """What Twilio's REST API does for a call: blocking calls, run off the event loop."""
 
@@ -71,7 +82,7 @@ class CallServices:
     start_timeout_s: float = START_TIMEOUT_S
 
 
-async def handle_media_stream(socket: WebSocket[Any, Any, Any], services: CallServices) -> None:
+async def handle_media_stream(socket: MediaStreamSocket, services: CallServices) -> None:
     """Serve one Twilio media stream from `start` to hang-up, then save the transcript.
 
     Nothing reaches OpenAI (no session is even opened) before `start` proves the stream
@@ -159,7 +170,7 @@ def _refusal(start: Start, services: CallServices) -> str | None:
     return None
 
 
-async def _receive_start(socket: WebSocket[Any, Any, Any]) -> Start | None:
+async def _receive_start(socket: MediaStreamSocket) -> Start | None:
     """Skip `connected`; return the `start` message, or None if the socket closed."""
     while True:
         text = await _receive_text(socket)
@@ -182,7 +193,7 @@ class _CallLoops:
     session lifetime limit), each re-seeded by the bridge with the conversation so far."""
 
     def __init__(
-        self, socket: WebSocket[Any, Any, Any], bridge: CallBridge, services: CallServices
+        self, socket: MediaStreamSocket, bridge: CallBridge, services: CallServices
     ) -> None:
         self.socket = socket
         self.bridge = bridge
@@ -306,15 +317,17 @@ class _CallLoops:
             except MessageError as error:
                 _warn_once(warned, str(error), "bad message from Twilio: %s", error)
                 continue
-            with contextlib.suppress(ConnectionClosed):  # the session loop notices the drop
+            try:  # noqa: SIM105 - not a context manager object per frame
                 await self._send_openai()
+            except ConnectionClosed:
+                pass  # the session loop notices the drop
             self._act()
 
     async def _pump_openai(self, realtime: RealtimeConnection) -> None:
         """OpenAI → bridge → Twilio (and back to OpenAI for truncation), until it closes."""
         bridge = self.bridge
         clock = time.perf_counter
-        send = self.socket.send  # the ASGI send, without per-frame wrappers
+        send = self.socket.asgi_send
         with contextlib.suppress(ConnectionClosed):
             while True:
                 data = await realtime.recv()
@@ -441,11 +454,12 @@ async def _await_transcription(bridge: CallBridge, from_openai: asyncio.Task[Non
         await asyncio.sleep(0.05)
 
 
-async def _receive_text(socket: WebSocket[Any, Any, Any]) -> str | None:
+async def _receive_text(socket: MediaStreamSocket) -> str | None:
     """The next text frame; None once the socket has closed. Binary frames are skipped."""
     while True:
-        message = await socket.receive()
+        message = await socket.asgi_receive()
         if message["type"] == "websocket.disconnect":
+            socket.connection_state = "disconnect"
             return None
         text = message.get("text")
         if text is not None:
