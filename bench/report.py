@@ -35,9 +35,9 @@ def table(levels: list[dict[str, Any]]) -> str:
     """One row per level, the columns the issue's targets are stated in."""
     rows = [
         "| calls | added p50 ms | added p99 ms | added max ms | frames lost | "
-        "server CPU s / call-min | RSS / call KB | server CPU % | generator CPU % | "
-        "other processes CPU % |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "server CPU s / call-min | of it in the kernel % | RSS / call KB | server CPU % | "
+        "generator CPU % | other processes CPU % |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for level in levels:
         added = level["added_ms"]
@@ -47,7 +47,8 @@ def table(levels: list[dict[str, Any]]) -> str:
         rows.append(
             f"| {level['calls']}{flag} | {_fmt(added['p50'])} | {_fmt(added['p99'])} "
             f"| {_fmt(added['max'], 1)} | {lost} "
-            f"| {_fmt(server['cpu_s_per_call_minute'], 3)} | {_fmt(server['rss_per_call_kb'], 1)} "
+            f"| {_fmt(server['cpu_s_per_call_minute'], 3)} "
+            f"| {_fmt(server.get('kernel_share_pct'), 0)} | {_fmt(server['rss_per_call_kb'], 1)} "
             f"| {_fmt(server['cpu_pct'], 0)} | {_fmt(level['generator']['cpu_pct'], 0)} "
             f"| {_fmt(level['other_processes_cpu_pct'], 0)} |"
         )

@@ -13,6 +13,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Request, Response
 
+from app.realtime import connection as connection_module
 from app.realtime.connection import connect_realtime
 from app.settings import Settings
 
@@ -107,3 +108,43 @@ async def test_a_server_that_vanishes_ends_recv_with_connection_closed(
             await connection.recv()
         assert connection.close_code == 1006
         await connection.close()  # closing what is already gone returns at once
+
+
+async def test_a_socket_gone_silent_is_pinged_then_dropped(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(connection_module, "KEEPALIVE_S", 0.1)
+    frozen, released = asyncio.Event(), asyncio.Event()
+
+    async def freeze(ws: ServerConnection) -> None:
+        await ws.send("hello")
+        ws.transport.pause_reading()  # a peer that hears nothing: our ping goes unanswered
+        frozen.set()
+        await released.wait()
+        ws.transport.abort()
+
+    async with openai_at(freeze, make_settings) as settings:
+        connection = await connect_realtime(settings)
+        assert await connection.recv() == b"hello"
+        await frozen.wait()
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(connection.recv(), 5)
+        assert connection.close_code == 1006
+        released.set()
+
+
+async def test_a_quiet_but_live_socket_is_kept(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(connection_module, "KEEPALIVE_S", 0.05)
+
+    async def quiet(ws: ServerConnection) -> None:
+        await ws.wait_closed()  # says nothing, but answers pings (the library does)
+
+    async with openai_at(quiet, make_settings) as settings:
+        connection = await connect_realtime(settings)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(connection.recv(), 0.6)  # twelve keepalive intervals
+        connection.send("still there")
+        await connection.close()
+        assert connection.close_code == 1000

@@ -1,20 +1,22 @@
 """The Realtime WebSocket, kept as lean as an audio path can be.
 
 websockets' sans-I/O `ClientProtocol` does the protocol work: the opening handshake
-(GA: bearer auth, no `OpenAI-Beta` header), parsing what OpenAI sends, answering pings
-and closing. The I/O around it is one asyncio protocol with nothing else to do. Text
-frames are written straight to the transport (no lock, task or await unless the socket
-is backed up), and their mask keys come from a pool of OS randomness instead of one
-getrandom() call per frame. Profiling the bridge at 50 calls put websockets' general
-asyncio client send path at 40 % of the server's busy time (bench/README.md).
+(GA: bearer auth, no `OpenAI-Beta` header), pings, fragments, closing, refusals. The I/O
+around it is one asyncio protocol with nothing else to do. Whole text messages are cut
+from the stream by `app.wsframes`, and text frames are written straight to the
+transport (no lock, task or await unless the socket is backed up), with mask keys from
+a pool of OS randomness instead of one getrandom() call per frame. Profiling the bridge
+at 50 calls put websockets' general asyncio client send path at 40 % of the server's
+busy time (README, "Performance").
 
-There is no keepalive ping: a dead OpenAI socket shows as a stalled session, which the
-call's watchdog replaces (see `CallBridge.stalled`).
+A socket that has gone quiet is pinged; one that stays quiet is dropped, so the call
+opens a new session instead of talking into a dead connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections import deque
 from typing import cast
@@ -33,6 +35,7 @@ CONNECT_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 1.0  # a hung-up call must release its OpenAI session within a second
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_RESPONSE_HEAD_BYTES = 64 * 1024
+KEEPALIVE_S = 20.0  # quiet this long: ping; quiet as long again: the socket is dead
 USER_AGENT = "voicebridge"
 # Received messages the call has not taken yet; past this many, stop reading the socket.
 MAX_QUEUED = 64
@@ -58,6 +61,9 @@ class RealtimeConnection(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._close_timer: asyncio.TimerHandle | None = None
+        self._alive_timer: asyncio.TimerHandle | None = None
+        self._heard = False  # since the last keepalive check
+        self._pinged = False
         self.write_paused = False
 
     # -- what the call uses ------------------------------------------------------------
@@ -115,6 +121,7 @@ class RealtimeConnection(asyncio.Protocol):
         self._flush()  # the handshake request
 
     def data_received(self, data: bytes) -> None:
+        self._heard = True
         splitter = self._splitter
         if splitter is None:
             self._received_head(data)
@@ -133,8 +140,9 @@ class RealtimeConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._protocol.receive_eof()  # idempotent: the protocol's state becomes CLOSED
-        if self._close_timer is not None:
-            self._close_timer.cancel()
+        for timer in (self._close_timer, self._alive_timer):
+            if timer is not None:
+                timer.cancel()
         if not self._opened.done():
             self._opened.set_exception(exc or ConnectionError("closed during the handshake"))
         self._lost.set_result(None)
@@ -179,6 +187,7 @@ class RealtimeConnection(asyncio.Protocol):
                 error = protocol.handshake_exc
                 if error is None:
                     self._opened.set_result(None)
+                    self._alive_timer = self._loop.call_later(KEEPALIVE_S, self._check_alive)
                 else:
                     self._opened.set_exception(error)
         self._flush()
@@ -229,7 +238,22 @@ class RealtimeConnection(asyncio.Protocol):
             return self._protocol.close_exc
         return ConnectionClosed(self._protocol.close_rcvd, self._protocol.close_sent)
 
-    async def _handshake(self) -> None:
+    def _check_alive(self) -> None:
+        if self._protocol.state is not OPEN or self._transport is None:
+            return
+        if self._heard:
+            self._heard = self._pinged = False
+        elif self._pinged:
+            self._transport.abort()  # recv() then raises ConnectionClosed (1006)
+            return
+        else:
+            self._protocol.send_ping(os.urandom(4))
+            self._flush()
+            self._pinged = True
+        self._alive_timer = self._loop.call_later(KEEPALIVE_S, self._check_alive)
+
+    async def wait_open(self) -> None:
+        """Until the opening handshake is done; raises what made it fail."""
         await self._opened
 
 
@@ -252,7 +276,7 @@ async def connect_realtime(settings: Settings) -> RealtimeConnection:
             ssl=_tls() if uri.secure else None,
         )
         try:
-            await connection._handshake()
+            await connection.wait_open()
         except BaseException:
             if connection._transport is not None:
                 connection._transport.abort()
