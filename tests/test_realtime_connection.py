@@ -133,6 +133,23 @@ async def test_a_socket_gone_silent_is_pinged_then_dropped(
         released.set()
 
 
+async def test_closing_a_peer_that_never_answers_gives_up_after_the_timeout(
+    make_settings: Callable[..., Settings],
+) -> None:
+    released = asyncio.Event()
+
+    async def deaf(ws: ServerConnection) -> None:
+        ws.transport.pause_reading()  # our close frame is never read, never answered
+        await released.wait()
+        ws.transport.abort()
+
+    async with openai_at(deaf, make_settings) as settings:
+        connection = await connect_realtime(settings)
+        await connection.close()  # returns, without raising, once it gives up
+        released.set()
+    assert connection.close_code == 1006  # dropped, not closed by handshake
+
+
 async def test_a_quiet_but_live_socket_is_kept(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:

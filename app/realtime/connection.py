@@ -16,6 +16,7 @@ opens a new session instead of talking into a dead connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 from collections import deque
@@ -108,8 +109,9 @@ class RealtimeConnection(asyncio.Protocol):
             self._protocol.send_close(1000)
             self._flush()
         try:
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await asyncio.shield(self._lost)
+            with contextlib.suppress(TimeoutError):  # the finally drops the socket
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await asyncio.shield(self._lost)
         finally:
             if not self._lost.done() and self._transport is not None:
                 self._transport.abort()
