@@ -30,13 +30,16 @@ class Clock:
         return self.now
 
 
-def started(config: AgentConfig = CONFIG) -> tuple[CallBridge, Clock]:
+def started(config: AgentConfig = CONFIG, *, session: bool = True) -> tuple[CallBridge, Clock]:
+    """A bridge after `start`, with its first Realtime session open unless `session` is
+    false."""
     clock = Clock()
     bridge = CallBridge(config, clock=clock)
     message = parse_message(json.dumps(START))
     assert not isinstance(message, rt.Error)
     bridge.start(message)  # type: ignore[arg-type]
-    bridge.session_opened()
+    if session:
+        bridge.session_opened()
     return bridge, clock
 
 
@@ -324,3 +327,17 @@ def test_the_time_limit_goodbye_waits_for_the_active_response() -> None:
     (goodbye,) = (json.loads(f) for f in bridge.data_to_openai())
     assert "time limit" in goodbye["response"]["instructions"]
     assert bridge.due_action() is None  # not before the goodbye has been said and heard
+
+
+def test_caller_audio_before_the_first_session_opens_reaches_the_model() -> None:
+    """A caller who talks at once ("Hi, I'd like to book a table") while the first
+    Realtime session is still connecting must not lose the first words."""
+    bridge, _ = started(AgentConfig("m", "i", "ash", "", "whisper-1"), session=False)
+    for n in range(10):
+        bridge.twilio_message(parse_message(media(bytes([n]) * 160, 20 * n)))
+    assert bridge.data_to_openai() == []
+    bridge.session_opened()
+    frames = [json.loads(f) for f in bridge.data_to_openai()]
+    assert frames[0]["type"] == "session.update"
+    sent = [base64.b64decode(f["audio"]) for f in frames[1:]]
+    assert sent == [bytes([n]) * 160 for n in range(10)]

@@ -166,7 +166,9 @@ class CallBridge:
                 self._to_openai.append(rt.conversation_message(item_id, turn.role, turn.text))
             gap_ms = self.now_ms() - (self._lost_at_ms or 0)
             self.transcript.note("realtime_reconnected", self.now_ms(), gap_ms=gap_ms)
-            self._to_openai.extend(self._held_audio)
+        # What the caller said while no session was open (before the first one, or
+        # across a reconnect) reaches the model, not the void.
+        self._to_openai.extend(self._held_audio)
         self._held_audio.clear()
 
     def session_lost(self, reason: str) -> None:
