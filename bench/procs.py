@@ -68,11 +68,13 @@ class Child:
         return self.proc.pid
 
     def cpu_s(self) -> float:
-        times = self.ps.cpu_times()
-        return times.user + times.system
+        total, _ = self.cpu_and_kernel_s()
+        return total
 
-    def kernel_cpu_s(self) -> float:
-        return float(self.ps.cpu_times().system)
+    def cpu_and_kernel_s(self) -> tuple[float, float]:
+        """CPU seconds in all, and of them in the kernel, from one reading."""
+        times = self.ps.cpu_times()
+        return float(times.user + times.system), float(times.system)
 
     def rss(self) -> int:
         return int(self.ps.memory_info().rss)

@@ -93,8 +93,7 @@ class Snapshot:
     def take(cls, server: Child, double: Child, gen: Child) -> Snapshot:
         return cls(
             time.perf_counter(),
-            server.cpu_s(),
-            server.kernel_cpu_s(),
+            *server.cpu_and_kernel_s(),
             double.cpu_s(),
             gen.cpu_s(),
             procs.own_cpu_s(),
