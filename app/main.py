@@ -23,7 +23,8 @@ from litestar.exceptions import (
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from twilio.base.exceptions import TwilioRestException
 
-from app.call.stream import CallServices, MediaStreamSocket, handle_media_stream
+from app.call.media_socket import MediaStreamSocket
+from app.call.stream import CallServices, handle_media_stream
 from app.call.tools import Tool, ToolsError, builtin_tools, load_tools
 from app.logs import call_sid_var
 from app.metrics import CONTENT_TYPE, Metrics

@@ -1,5 +1,9 @@
-"""The socket loops of one call: Twilio's media stream on one side, the Realtime
-WebSocket on the other, `CallBridge` in between. Thin by design: parse, hand over, send.
+"""The I/O of one call: Twilio's media stream on one side, the Realtime WebSocket on
+the other, `CallBridge` in between. Thin by design: parse, hand over, send.
+
+Messages are handled in the sockets' own receive callbacks, so a frame goes from one
+socket to the other with no task switch and no await. Tasks are kept for what waits:
+connecting, the session watchdog, tools, Twilio's REST calls, and each socket's end.
 """
 
 from __future__ import annotations
@@ -11,14 +15,15 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Protocol
 
 from litestar import WebSocket
-from litestar.types import Receive, Scope, Send
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from app.call.bridge import CallAction, CallBridge, ToolRequest
 from app.call.cost import cost_record
+from app.call.media_socket import MediaStreamSocket
 from app.call.tools import Tool, run_tool
 from app.call.transcript import Turn
 from app.logs import call_sid_var
@@ -49,16 +54,6 @@ NORMAL_CLOSURE = 1000
 POLICY_VIOLATION = 1008
 
 
-class MediaStreamSocket(WebSocket[Any, Any, Any]):
-    """Litestar's WebSocket, keeping the server's own receive and send for the audio
-    loops: Litestar's wrappers only track state, at one more await per frame."""
-
-    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        super().__init__(scope, receive, send)
-        self.asgi_receive = receive
-        self.asgi_send = send
-
-
 class CallControl(Protocol):
     """What Twilio's REST API does for a call: blocking calls, run off the event loop."""
 
@@ -75,7 +70,7 @@ class CallServices:
     store: TranscriptStore
     tokens: StreamTokens
     metrics: Metrics
-    active: dict[str, _CallLoops] = field(default_factory=dict)
+    active: dict[str, _LiveCall] = field(default_factory=dict)
     draining: bool = False
     tools: dict[str, Tool] = field(default_factory=dict)
     control: CallControl | None = None
@@ -114,7 +109,7 @@ async def handle_media_stream(socket: MediaStreamSocket, services: CallServices)
         log.warning("rejected a media stream: %s", error)
         await _close(socket, POLICY_VIOLATION)
         return
-    loops = _CallLoops(socket, bridge, services)
+    loops = _LiveCall(socket, bridge, services)
     services.active[call.call_sid] = loops
     log.info(
         "call started",
@@ -173,7 +168,7 @@ def _refusal(start: Start, services: CallServices) -> str | None:
 async def _receive_start(socket: MediaStreamSocket) -> Start | None:
     """Skip `connected`; return the `start` message, or None if the socket closed."""
     while True:
-        text = await _receive_text(socket)
+        text = await socket.receive_text_message()
         if text is None:
             return None
         try:
@@ -187,10 +182,10 @@ async def _receive_start(socket: MediaStreamSocket) -> Start | None:
             log.warning("ignoring %s message before start", _event_name(message))
 
 
-class _CallLoops:
-    """The socket loops of one call. Twilio's stream lives for the whole call; Realtime
-    sessions come and go under it (reconnects after a drop or stall, rollover before the
-    session lifetime limit), each re-seeded by the bridge with the conversation so far."""
+class _LiveCall:
+    """One call's I/O. Twilio's stream lives for the whole call; Realtime sessions come
+    and go under it (reconnects after a drop or stall, rollover before the session
+    lifetime limit), each re-seeded by the bridge with the conversation so far."""
 
     def __init__(
         self, socket: MediaStreamSocket, bridge: CallBridge, services: CallServices
@@ -202,14 +197,19 @@ class _CallLoops:
         self.services = services
         self.realtime: RealtimeConnection | None = None
         self.outcome = "stream_closed"
-        self._tool_tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._warned: set[str] = set()
+        # Done when Twilio's side is over: `stop`, the socket closed, or a failure.
+        self._twilio_over: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def run(self) -> None:
-        from_twilio = asyncio.create_task(self._pump_twilio())
+        self.socket.listen(self._from_twilio)
+        reader = asyncio.create_task(self.socket.until_closed())
+        reader.add_done_callback(lambda _: self._end_twilio_side())
         loop = asyncio.get_running_loop()
         outage_since = loop.time()
         try:
-            while not from_twilio.done():
+            while not self._twilio_over.done():
                 deadline = outage_since + self.settings.realtime_reconnect_timeout_s
                 realtime = await self._connect(deadline)
                 if realtime is None:
@@ -219,9 +219,9 @@ class _CallLoops:
                     break
                 self.realtime = realtime
                 self.bridge.session_opened()
+                self._send_openai()
                 try:
-                    await self._send_openai()
-                    reason = await self._serve_session(realtime, from_twilio)
+                    reason = await self._serve_session(realtime)
                 finally:
                     self.realtime = None
                     await realtime.close()
@@ -232,16 +232,15 @@ class _CallLoops:
                 log.warning("Realtime session lost (%s); opening a new one", reason)
                 self.bridge.session_lost(reason)
         finally:
-            await _cancel(from_twilio)
-            for task in list(self._tool_tasks):
+            await _cancel(reader)
+            for task in list(self._tasks):
                 await _cancel(task)
 
-    async def wrap_up(self) -> None:
+    def wrap_up(self) -> None:
         """The server is going away: the agent says a short goodbye and the call ends
         once it has been heard, instead of being cut off mid-word."""
         self.bridge.time_limit_reached()
-        with contextlib.suppress(ConnectionClosed):
-            await self._send_openai()
+        self._send_openai()
 
     async def _connect(self, deadline: float) -> RealtimeConnection | None:
         """Open a Realtime session, retrying with backoff until `deadline`; None when
@@ -263,27 +262,24 @@ class _CallLoops:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    async def _serve_session(
-        self, realtime: RealtimeConnection, from_twilio: asyncio.Task[None]
-    ) -> str | None:
+    async def _serve_session(self, realtime: RealtimeConnection) -> str | None:
         """Bridge until the call ends (None) or the session must be replaced (the reason)."""
-        from_openai = asyncio.create_task(self._pump_openai(realtime))
+        realtime.listen(partial(self._from_openai, realtime))
         watchdog = asyncio.create_task(self._watch_session())
         try:
-            await asyncio.wait(
-                {from_twilio, from_openai, watchdog}, return_when=asyncio.FIRST_COMPLETED
-            )
-            if from_twilio.done():
+            ends: set[asyncio.Future[Any]] = {self._twilio_over, realtime.closed, watchdog}
+            await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+            if self._twilio_over.done():
                 if self.bridge.stopped and self.outcome == "stream_closed":
                     self.outcome = "completed"  # unless the agent ended or transferred it
-                log.info("caller hung up" if self.bridge.stopped else "Twilio stream closed")
-                await _await_transcription(self.bridge, from_openai)
+                if self.outcome != "failed":
+                    log.info("caller hung up" if self.bridge.stopped else "Twilio stream closed")
+                await _await_transcription(self.bridge, realtime.closed)
                 return None
             if watchdog.done():
                 return watchdog.result()
             return f"closed with code {realtime.close_code}"
         finally:
-            await _cancel(from_openai)
             await _cancel(watchdog)
 
     async def _watch_session(self) -> str:
@@ -294,70 +290,101 @@ class _CallLoops:
             await asyncio.sleep(WATCH_INTERVAL_S)
             if self.bridge.now_ms() >= settings.max_call_seconds * 1000:
                 self.bridge.time_limit_reached()
-                await self._send_openai()
+                self._send_openai()
             if self.bridge.stalled(settings.realtime_stall_timeout_s):
                 return "stalled"
             if self.bridge.due_for_rollover(settings.realtime_session_max_s):
                 return "rollover"
 
-    async def _pump_twilio(self) -> None:
-        """Twilio → bridge → OpenAI, until `stop` or the socket closes."""
+    def _from_twilio(self, text: str) -> None:
+        """Twilio → bridge → OpenAI, in the media socket's receive callback."""
+        if self._twilio_over.done():
+            return  # after `stop`
         bridge = self.bridge
-        warned: set[str] = set()
-        while not bridge.stopped:
-            text = await _receive_text(self.socket)
-            if text is None:
+        try:
+            message = parse_message(text)
+            if isinstance(message, UnknownEvent):
+                self._warn_once(message.event, "ignoring Twilio event %r", message.event)
                 return
-            try:
-                message = parse_message(text)
-                if isinstance(message, UnknownEvent):
-                    _warn_once(warned, message.event, "ignoring Twilio event %r", message.event)
-                    continue
-                bridge.twilio_message(message)
-            except MessageError as error:
-                _warn_once(warned, str(error), "bad message from Twilio: %s", error)
-                continue
-            try:  # noqa: SIM105 - not a context manager object per frame
-                await self._send_openai()
-            except ConnectionClosed:
-                pass  # the session loop notices the drop
-            self._act()
+            bridge.twilio_message(message)
+        except MessageError as error:
+            self._warn_once(str(error), "bad message from Twilio: %s", error)
+            return
+        except Exception:
+            self._fail("a message from Twilio")
+            return
+        self._send_openai()
+        self._act()
+        if bridge.stopped:
+            self._end_twilio_side()
 
-    async def _pump_openai(self, realtime: RealtimeConnection) -> None:
-        """OpenAI → bridge → Twilio (and back to OpenAI for truncation), until it closes."""
-        bridge = self.bridge
-        clock = time.perf_counter
-        send = self.socket.asgi_send
-        with contextlib.suppress(ConnectionClosed):
-            while True:
-                data = await realtime.recv()
-                received_at = clock()
-                event = parse_server_event(data)
-                if event is None:
-                    continue
-                if isinstance(event, Error):
-                    log.warning(
-                        "OpenAI error: %s",
-                        event.error.message,
-                        extra={"code": event.error.code, "type": event.error.type},
-                    )
-                bridge.realtime_event(event)
-                for frame in bridge.data_to_twilio():
-                    await send({"type": "websocket.send", "bytes": None, "text": frame})
-                if bridge.first_audio_turn is not None:
-                    self._turn_answered(bridge.first_audio_turn, clock() - received_at)
-                    bridge.first_audio_turn = None
-                await self._send_openai()
-                if bridge.tool_requests:
-                    self._run_tools()
-                self._act()
+    def _from_openai(self, realtime: RealtimeConnection, data: bytes) -> None:
+        """OpenAI → bridge → Twilio (and back to OpenAI for truncation), in the Realtime
+        socket's receive callback."""
+        if realtime is not self.realtime:
+            return  # a session being replaced
+        received_at = time.perf_counter()
+        try:
+            event = parse_server_event(data)
+            if event is None:
+                return
+            if isinstance(event, Error):
+                log.warning(
+                    "OpenAI error: %s",
+                    event.error.message,
+                    extra={"code": event.error.code, "type": event.error.type},
+                )
+            bridge = self.bridge
+            bridge.realtime_event(event)
+        except Exception:
+            self._fail("an event from OpenAI")
+            return
+        send = self.socket.send_now
+        for frame in bridge.data_to_twilio():
+            send(frame)
+        if bridge.first_audio_turn is not None:
+            self._turn_answered(bridge.first_audio_turn, time.perf_counter() - received_at)
+            bridge.first_audio_turn = None
+        self._send_openai()
+        if bridge.tool_requests:
+            self._run_tools()
+        self._act()
+
+    def _send_openai(self) -> None:
+        frames = self.bridge.data_to_openai()
+        realtime = self.realtime
+        if realtime is not None:
+            try:
+                for frame in frames:
+                    realtime.send(frame)
+            except ConnectionClosed:
+                pass  # the session's end is noticed by `_serve_session`
+
+    def _end_twilio_side(self) -> None:
+        if not self._twilio_over.done():
+            self._twilio_over.set_result(None)
+
+    def _fail(self, what: str) -> None:
+        """A bug met one call's data: log it and end that call, not the server's others."""
+        log.exception("could not handle %s; ending the call", what)
+        self.outcome = "failed"
+        self._end_twilio_side()
+
+    def _warn_once(self, key: str, message: str, *args: object) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
+
+    def _start(self, work: Any) -> None:
+        """Run a coroutine beside the audio; cancelled with the call."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _run_tools(self) -> None:
         """User tools run as their own tasks: the audio keeps flowing meanwhile."""
         for request in self.bridge.tool_requests:
-            task = asyncio.create_task(self._run_tool(request))
-            self._tool_tasks.add(task)
-            task.add_done_callback(self._tool_tasks.discard)
+            self._start(self._run_tool(request))
         self.bridge.tool_requests.clear()
 
     async def _run_tool(self, request: ToolRequest) -> None:
@@ -368,17 +395,13 @@ class _CallLoops:
             output = await run_tool(tool, request.arguments, self.settings.tool_timeout_s)
         log.info("tool %s returned", request.name, extra={"tool_call_id": request.call_id})
         self.bridge.tool_result(request.call_id, request.name, output)
-        with contextlib.suppress(ConnectionClosed):
-            await self._send_openai()
+        self._send_openai()
 
     def _act(self) -> None:
         """Carry out a hang-up or transfer once the agent's last words were heard."""
         action = self.bridge.due_action()
-        if action is None:
-            return
-        task = asyncio.create_task(self._control(action))
-        self._tool_tasks.add(task)
-        task.add_done_callback(self._tool_tasks.discard)
+        if action is not None:
+            self._start(self._control(action))
 
     async def _control(self, action: CallAction) -> None:
         call_sid = self.bridge.transcript.call.call_sid if self.bridge.transcript else ""
@@ -407,15 +430,6 @@ class _CallLoops:
                 extra={"latency_ms": turn.latency_ms, "bridge_ms": turn.bridge_ms},
             )
 
-    async def _send_openai(self) -> None:
-        frames = self.bridge.data_to_openai()
-        realtime = self.realtime
-        if realtime is not None:
-            for frame in frames:
-                realtime.send(frame)
-            if realtime.write_paused:
-                await realtime.drain()
-
 
 async def drain(services: CallServices, timeout_s: float, wrap_up_s: float) -> None:
     """Stop taking calls and let the live ones finish: the last `wrap_up_s` seconds before
@@ -430,7 +444,7 @@ async def drain(services: CallServices, timeout_s: float, wrap_up_s: float) -> N
         if not wrapped_up and loop.time() >= deadline - wrap_up_s:
             wrapped_up = True
             for call in list(services.active.values()):
-                await call.wrap_up()
+                call.wrap_up()
         await asyncio.sleep(0.1)
     log.warning("drained; %d calls were still live", len(services.active))
 
@@ -441,30 +455,17 @@ async def _cancel(task: asyncio.Task[Any]) -> None:
         await task
 
 
-async def _await_transcription(bridge: CallBridge, from_openai: asyncio.Task[None]) -> None:
+async def _await_transcription(bridge: CallBridge, session_closed: asyncio.Future[None]) -> None:
     """Give the last caller turn's transcription a moment to arrive before closing."""
     transcript = bridge.transcript
     deadline = asyncio.get_running_loop().time() + TRANSCRIPTION_GRACE_S
     while (  # noqa: ASYNC110 - the bridge is sans-I/O: it has no event to await
         transcript is not None
         and transcript.untranscribed_caller_turns
-        and not from_openai.done()
+        and not session_closed.done()
         and asyncio.get_running_loop().time() < deadline
     ):
         await asyncio.sleep(0.05)
-
-
-async def _receive_text(socket: MediaStreamSocket) -> str | None:
-    """The next text frame; None once the socket has closed. Binary frames are skipped."""
-    while True:
-        message = await socket.asgi_receive()
-        if message["type"] == "websocket.disconnect":
-            socket.connection_state = "disconnect"
-            return None
-        text = message.get("text")
-        if text is not None:
-            return str(text)
-        log.warning("ignoring a binary frame from Twilio")
 
 
 async def _close(socket: WebSocket[Any, Any, Any], code: int) -> None:
@@ -501,12 +502,6 @@ async def _finish(bridge: CallBridge, services: CallServices, outcome: str) -> N
             "to": where,
         },
     )
-
-
-def _warn_once(seen: set[str], key: str, message: str, *args: object) -> None:
-    if key not in seen:
-        seen.add(key)
-        log.warning(message, *args)
 
 
 def _event_name(message: object) -> str:

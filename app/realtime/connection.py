@@ -3,9 +3,10 @@
 websockets' sans-I/O `ClientProtocol` does the protocol work: the opening handshake
 (GA: bearer auth, no `OpenAI-Beta` header), pings, fragments, closing, refusals. The I/O
 around it is one asyncio protocol with nothing else to do. Whole text messages are cut
-from the stream by `app.wsframes`, and text frames are written straight to the
-transport (no lock, task or await unless the socket is backed up), with mask keys from
-a pool of OS randomness instead of one getrandom() call per frame. Profiling the bridge
+from the stream by `app.wsframes` and handed to the call's callback as they arrive (no
+queue, no task to wake), and text frames are written straight to the transport (no
+lock, task or await), with mask keys from a pool of OS randomness instead of one
+getrandom() call per frame. Profiling the bridge
 at 50 calls put websockets' general asyncio client send path at 40 % of the server's
 busy time (README, "Performance").
 
@@ -20,6 +21,7 @@ import contextlib
 import os
 import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import cast
 
 from websockets.client import ClientProtocol
@@ -38,14 +40,16 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_RESPONSE_HEAD_BYTES = 64 * 1024
 KEEPALIVE_S = 20.0  # quiet this long: ping; quiet as long again: the socket is dead
 USER_AGENT = "voicebridge"
-# Received messages the call has not taken yet; past this many, stop reading the socket.
+# Messages received before the call listens; past this many, stop reading the socket.
 MAX_QUEUED = 64
+# Our writes OpenAI has not read: past this, it has stopped reading and the session is dead.
+MAX_UNSENT_BYTES = 1024 * 1024
 
 _mask_keys = MaskKeys()  # one event loop thread uses it; keys are never reused
 
 
 class RealtimeConnection(asyncio.Protocol):
-    """One open Realtime session's socket: `send` text, `recv` messages, `close`."""
+    """One open Realtime session's socket: `send` text, `listen` for messages, `close`."""
 
     def __init__(self, protocol: ClientProtocol) -> None:
         loop = asyncio.get_running_loop()
@@ -54,18 +58,17 @@ class RealtimeConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._opened: asyncio.Future[None] = loop.create_future()
         self._lost: asyncio.Future[None] = loop.create_future()
-        self._messages: deque[bytes] = deque()
+        self._messages: deque[bytes] = deque()  # until someone listens
+        self._listener: Callable[[bytes], None] | None = None
         self._fragments: list[bytes] = []
         self._head = b""  # the handshake response, until its head is whole
         self._splitter: FrameSplitter | None = None  # from the end of the handshake on
-        self._waiter: asyncio.Future[None] | None = None
-        self._drained: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._close_timer: asyncio.TimerHandle | None = None
         self._alive_timer: asyncio.TimerHandle | None = None
         self._heard = False  # since the last keepalive check
         self._pinged = False
-        self.write_paused = False
+        self._write_paused = False
 
     # -- what the call uses ------------------------------------------------------------
 
@@ -74,33 +77,34 @@ class RealtimeConnection(asyncio.Protocol):
         """The code OpenAI closed with (1006 when the socket just went away), or None."""
         return self._protocol.close_code
 
+    @property
+    def closed(self) -> asyncio.Future[None]:
+        """Done once the socket is gone (closed by either side, or dropped)."""
+        return self._lost
+
     def send(self, text: str) -> None:
-        """Queue a text message on the socket now. Raises ConnectionClosed once closing;
-        when `write_paused` turns true, await `drain()` before sending more."""
-        if self._protocol.state is not OPEN or self._transport is None:
+        """Write a text message to the socket now. Raises ConnectionClosed once closing.
+
+        The transport buffers what the kernel will not take yet; the audio comes in real
+        time, so that stays small unless OpenAI stops reading, and then the session is
+        dropped (`closed`) for the call to open a new one."""
+        transport = self._transport
+        if self._protocol.state is not OPEN or transport is None:
             raise self._closed_error()
-        self._transport.write(text_frame(text.encode(), _mask_keys.next()))
+        transport.write(text_frame(text.encode(), _mask_keys.next()))
+        if self._write_paused and transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
+            transport.abort()
 
-    async def drain(self) -> None:
-        """Wait until the kernel takes our writes again (OpenAI reads slower than we send)."""
-        if self.write_paused:
-            self._drained = self._loop.create_future()
-            await self._drained
-
-    async def recv(self) -> bytes:
-        """The next message's payload (text is not decoded: the JSON decoder takes bytes).
-        Raises ConnectionClosed once the socket is closed and every message taken."""
-        messages = self._messages
-        while not messages:
-            if self._lost.done():
-                raise self._closed_error()
-            self._waiter = self._loop.create_future()
-            await self._waiter
-        if self._reading_paused and len(messages) <= MAX_QUEUED // 4:
+    def listen(self, on_message: Callable[[bytes], None]) -> None:
+        """Hand every message's payload to `on_message` as it arrives, starting with any
+        received before now (text is not decoded: the JSON decoder takes bytes).
+        `on_message` runs inside the protocol's callback: it must not raise or block."""
+        self._listener = on_message
+        while self._messages:
+            on_message(self._messages.popleft())
+        if self._reading_paused and self._transport is not None:
             self._reading_paused = False
-            assert self._transport is not None
             self._transport.resume_reading()
-        return messages.popleft()
 
     async def close(self) -> None:
         """Close the session (1000) and wait at most `CLOSE_TIMEOUT_S` for OpenAI to
@@ -147,18 +151,14 @@ class RealtimeConnection(asyncio.Protocol):
                 timer.cancel()
         if not self._opened.done():
             self._opened.set_exception(exc or ConnectionError("closed during the handshake"))
-        self._lost.set_result(None)
-        for waiter in (self._waiter, self._drained):
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+        if not self._lost.done():  # `closed` is shared: a waiter may have cancelled it
+            self._lost.set_result(None)
 
     def pause_writing(self) -> None:
-        self.write_paused = True
+        self._write_paused = True
 
     def resume_writing(self) -> None:
-        self.write_paused = False
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
+        self._write_paused = False
 
     # -- internals ---------------------------------------------------------------------
 
@@ -198,7 +198,7 @@ class RealtimeConnection(asyncio.Protocol):
             self._close_timer = self._loop.call_later(CLOSE_TIMEOUT_S, self._transport.abort)
 
     def _frame_received(self, frame: Frame) -> None:
-        """Whole messages go to the queue; pings, pongs and close are the protocol's."""
+        """Whole messages go to the listener; pings, pongs and close are the protocol's."""
         opcode = frame.opcode
         data = cast(bytes, frame.data)  # what Frame.parse reads is bytes
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
@@ -213,10 +213,11 @@ class RealtimeConnection(asyncio.Protocol):
                 self._fragments = []
 
     def _deliver(self, message: bytes) -> None:
+        listener = self._listener
+        if listener is not None:
+            listener(message)
+            return
         self._messages.append(message)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
         if len(self._messages) >= MAX_QUEUED and not self._reading_paused:
             self._reading_paused = True
             assert self._transport is not None
@@ -246,7 +247,7 @@ class RealtimeConnection(asyncio.Protocol):
         if self._heard:
             self._heard = self._pinged = False
         elif self._pinged:
-            self._transport.abort()  # recv() then raises ConnectionClosed (1006)
+            self._transport.abort()  # `closed` is then done, with code 1006
             return
         else:
             self._protocol.send_ping(os.urandom(4))
