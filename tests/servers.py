@@ -7,6 +7,7 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 from litestar import Litestar
@@ -36,8 +37,9 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Litestar) -> AsyncIterator[RunningServer]:
-    """Serve `app` with uvicorn (websockets-sansio, as in production) until the block ends."""
+async def serve(app: Litestar, **options: Any) -> AsyncIterator[RunningServer]:
+    """Serve `app` with uvicorn until the block ends: with production's options (our
+    WebSocket protocol and its limits), unless `options` override them."""
     port = free_port()
     config = uvicorn.Config(
         app,
@@ -45,7 +47,7 @@ async def serve(app: Litestar) -> AsyncIterator[RunningServer]:
         port=port,
         log_config=None,
         lifespan="on",
-        **UVICORN_OPTIONS,  # as in production: our WebSocket protocol and its limits
+        **(UVICORN_OPTIONS | options),
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

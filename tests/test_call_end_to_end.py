@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from app.main import create_app
 from app.settings import Settings
@@ -130,12 +131,22 @@ async def test_greeting_then_a_caller_turn_gets_a_reply_and_a_transcript(
     assert "voicebridge_estimated_cost_usd_total" in metrics
 
 
+# Our server hands the audio to the call directly; under a stock ASGI server (here
+# uvicorn's own WebSocket protocol) the same call runs over plain ASGI.
+SERVERS = pytest.mark.parametrize(
+    "server_options", [{}, {"ws": "websockets-sansio"}], ids=["voicebridge", "stock-uvicorn"]
+)
+
+
+@SERVERS
 async def test_barge_in_clears_playback_and_truncates_to_what_was_heard(
-    realtime: RealtimeDouble, make_settings: Callable[..., Settings]
+    realtime: RealtimeDouble,
+    make_settings: Callable[..., Settings],
+    server_options: dict[str, Any],
 ) -> None:
     realtime.agent_lines = [agent_line("agent_long_reply"), agent_line("agent_short_reply")]
     settings = make_settings(agent_greeting="")
-    async with serve(create_app(settings)) as server:
+    async with serve(create_app(settings), **server_options) as server:
         async with await call(server) as caller:
             await caller.say(audio.load("caller_book_table"))
             await caller.wait_for_agent_audio(timeout=5)

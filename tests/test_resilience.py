@@ -12,7 +12,9 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
+from app.call.bridge import CallBridge
 from app.main import create_app
+from app.realtime import events as rt
 from app.settings import Settings
 from app.simulator import CallerSimulator, new_sid
 from tests.conftest import agent_line
@@ -179,3 +181,32 @@ async def test_killed_streams_leak_nothing(
         )
         assert server.app.state.services.active == {}
     assert len(list(Path(settings.transcripts_dir).rglob("*.json"))) == 30
+
+
+async def test_a_bug_met_in_one_call_ends_that_call_and_no_other(
+    realtime: RealtimeDouble, make_settings: Callable[..., Settings], monkeypatch: Any
+) -> None:
+    broken_sid = new_sid("CA")
+    handle = CallBridge.realtime_event
+
+    def buggy_for_one_call(bridge: CallBridge, event: rt.ServerEvent) -> None:
+        call = bridge.transcript.call if bridge.transcript else None
+        if call and call.call_sid == broken_sid and isinstance(event, rt.AudioDelta):
+            raise RuntimeError("a bug the agent's audio runs into")
+        handle(bridge, event)
+
+    monkeypatch.setattr(CallBridge, "realtime_event", buggy_for_one_call)
+    settings = make_settings()  # the agent greets both callers
+    async with serve(create_app(settings)) as server:
+        parameters = await answer_call(server, broken_sid)
+        broken = CallerSimulator(server.ws_url, call_sid=broken_sid, custom_parameters=parameters)
+        async with await call(server) as healthy, broken:
+            code = await broken.wait_closed(timeout=5)
+            greeting = await healthy.wait_for_agent_audio(timeout=5)
+            await healthy.wait_until_agent_quiet(timeout=15)
+            await healthy.hang_up()
+
+    assert broken.closed_by == "server" and code == 1000
+    assert greeting.played_ms >= audio.duration_ms("agent_greeting") - 40
+    assert transcript_of(settings, broken_sid)["outcome"] == "failed"
+    assert transcript_of(settings, healthy.call_sid)["outcome"] == "completed"
