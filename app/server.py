@@ -69,11 +69,11 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
             self.read_paused = False
             self.transport.resume_reading()
 
-    def send_text(self, text: str) -> None:
-        """`DirectText.send_text`. Written even while the transport is paused: it buffers,
-        and the agent's audio is bounded by the model's real-time output."""
+    def send_texts(self, texts: list[str]) -> None:
+        """`DirectText.send_texts`. Written even while the transport is paused: it
+        buffers, and the agent's audio is bounded by the model's real-time output."""
         if self._open_for_frames():
-            self.transport.write(text_frame(text.encode()))
+            self.transport.write(b"".join([text_frame(text.encode()) for text in texts]))
 
     def data_received(self, data: bytes) -> None:
         splitter = self._splitter

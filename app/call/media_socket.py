@@ -32,8 +32,8 @@ class DirectText(Protocol):
         """From now on (and first for those already received) hand text messages to
         `on_text` as they arrive, instead of queueing them for ASGI `receive`."""
 
-    def send_text(self, text: str) -> None:
-        """Write a text message now; dropped once the socket is closing."""
+    def send_texts(self, texts: list[str]) -> None:
+        """Write text messages now, in one write; dropped once the socket is closing."""
 
 
 class MediaStreamSocket(WebSocket[Any, Any, Any]):
@@ -69,12 +69,14 @@ class MediaStreamSocket(WebSocket[Any, Any, Any]):
         if self._direct is not None:
             self._direct.listen(on_text)
 
-    def send_now(self, text: str) -> None:
-        """Send a text message without waiting (in order; dropped once closed)."""
+    def send_now(self, texts: list[str]) -> None:
+        """Send text messages without waiting (in order; dropped once closed). Messages
+        made at the same moment (an audio frame and its mark) share one write."""
         if self._direct is not None:
-            self._direct.send_text(text)
+            self._direct.send_texts(texts)
         else:
-            self._outbox.put_nowait(text)
+            for text in texts:
+                self._outbox.put_nowait(text)
 
     async def until_closed(self) -> None:
         """Serve the stream until it closes. Under the direct path only the close (and a

@@ -199,6 +199,7 @@ class _LiveCall:
         self.outcome = "stream_closed"
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned: set[str] = set()
+        self._watch_timer: asyncio.TimerHandle | None = None
         # Done when Twilio's side is over: `stop`, the socket closed, or a failure.
         self._twilio_over: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -264,10 +265,12 @@ class _LiveCall:
 
     async def _serve_session(self, realtime: RealtimeConnection) -> str | None:
         """Bridge until the call ends (None) or the session must be replaced (the reason)."""
+        loop = asyncio.get_running_loop()
+        replace_session: asyncio.Future[str] = loop.create_future()
+        self._watch_timer = loop.call_later(WATCH_INTERVAL_S, self._watch_session, replace_session)
         realtime.listen(partial(self._from_openai, realtime))
-        watchdog = asyncio.create_task(self._watch_session())
         try:
-            ends: set[asyncio.Future[Any]] = {self._twilio_over, realtime.closed, watchdog}
+            ends: set[asyncio.Future[Any]] = {self._twilio_over, realtime.closed, replace_session}
             await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
             if self._twilio_over.done():
                 if self.bridge.stopped and self.outcome == "stream_closed":
@@ -276,25 +279,32 @@ class _LiveCall:
                     log.info("caller hung up" if self.bridge.stopped else "Twilio stream closed")
                 await _await_transcription(self.bridge, realtime.closed)
                 return None
-            if watchdog.done():
-                return watchdog.result()
+            if replace_session.done():
+                return replace_session.result()
             return f"closed with code {realtime.close_code}"
         finally:
-            await _cancel(watchdog)
+            self._watch_timer.cancel()
 
-    async def _watch_session(self) -> str:
-        """Returns why the current session should be replaced: it stalled, or it is near
-        its lifetime limit and the conversation is at a pause."""
-        settings = self.settings
-        while True:
-            await asyncio.sleep(WATCH_INTERVAL_S)
-            if self.bridge.now_ms() >= settings.max_call_seconds * 1000:
-                self.bridge.time_limit_reached()
+    def _watch_session(self, replace_session: asyncio.Future[str]) -> None:
+        """Every `WATCH_INTERVAL_S` (a timer, not a task: cheap for many calls): end the
+        call at its time limit, and replace a session that stalled, or that is near its
+        lifetime limit while the conversation is at a pause."""
+        settings, bridge = self.settings, self.bridge
+        try:
+            if bridge.now_ms() >= settings.max_call_seconds * 1000:
+                bridge.time_limit_reached()
                 self._send_openai()
-            if self.bridge.stalled(settings.realtime_stall_timeout_s):
-                return "stalled"
-            if self.bridge.due_for_rollover(settings.realtime_session_max_s):
-                return "rollover"
+            if bridge.stalled(settings.realtime_stall_timeout_s):
+                replace_session.set_result("stalled")
+            elif bridge.due_for_rollover(settings.realtime_session_max_s):
+                replace_session.set_result("rollover")
+        except Exception:
+            self._fail("the session watchdog")
+        if not replace_session.done():
+            loop = asyncio.get_running_loop()
+            self._watch_timer = loop.call_later(
+                WATCH_INTERVAL_S, self._watch_session, replace_session
+            )
 
     def _from_twilio(self, text: str) -> None:
         """Twilio → bridge → OpenAI, in the media socket's receive callback."""
@@ -339,9 +349,9 @@ class _LiveCall:
         except Exception:
             self._fail("an event from OpenAI")
             return
-        send = self.socket.send_now
-        for frame in bridge.data_to_twilio():
-            send(frame)
+        to_twilio = bridge.data_to_twilio()
+        if to_twilio:
+            self.socket.send_now(to_twilio)
         if bridge.first_audio_turn is not None:
             self._turn_answered(bridge.first_audio_turn, time.perf_counter() - received_at)
             bridge.first_audio_turn = None
@@ -353,10 +363,9 @@ class _LiveCall:
     def _send_openai(self) -> None:
         frames = self.bridge.data_to_openai()
         realtime = self.realtime
-        if realtime is not None:
+        if frames and realtime is not None:
             try:
-                for frame in frames:
-                    realtime.send(frame)
+                realtime.send(*frames)
             except ConnectionClosed:
                 pass  # the session's end is noticed by `_serve_session`
 

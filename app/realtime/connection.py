@@ -82,8 +82,9 @@ class RealtimeConnection(asyncio.Protocol):
         """Done once the socket is gone (closed by either side, or dropped)."""
         return self._lost
 
-    def send(self, text: str) -> None:
-        """Write a text message to the socket now. Raises ConnectionClosed once closing.
+    def send(self, *texts: str) -> None:
+        """Write text messages to the socket now, in one write. Raises ConnectionClosed
+        once closing.
 
         The transport buffers what the kernel will not take yet; the audio comes in real
         time, so that stays small unless OpenAI stops reading, and then the session is
@@ -91,7 +92,8 @@ class RealtimeConnection(asyncio.Protocol):
         transport = self._transport
         if self._protocol.state is not OPEN or transport is None:
             raise self._closed_error()
-        transport.write(text_frame(text.encode(), _mask_keys.next()))
+        keys = _mask_keys
+        transport.write(b"".join([text_frame(text.encode(), keys.next()) for text in texts]))
         if self._write_paused and transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
             transport.abort()
 
