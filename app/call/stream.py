@@ -201,7 +201,8 @@ class _LiveCall:
         self._warned: set[str] = set()
         self._watch_timer: asyncio.TimerHandle | None = None
         # Done when Twilio's side is over: `stop`, the socket closed, or a failure.
-        self._twilio_over: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._twilio_over: asyncio.Future[None] = self._loop.create_future()
 
     async def run(self) -> None:
         self.socket.listen(self._from_twilio)
@@ -265,9 +266,8 @@ class _LiveCall:
 
     async def _serve_session(self, realtime: RealtimeConnection) -> str | None:
         """Bridge until the call ends (None) or the session must be replaced (the reason)."""
-        loop = asyncio.get_running_loop()
-        replace_session: asyncio.Future[str] = loop.create_future()
-        self._watch_timer = loop.call_later(WATCH_INTERVAL_S, self._watch_session, replace_session)
+        replace_session: asyncio.Future[str] = self._loop.create_future()
+        self._watch_later(replace_session)
         realtime.listen(partial(self._from_openai, realtime))
         try:
             ends: set[asyncio.Future[Any]] = {self._twilio_over, realtime.closed, replace_session}
@@ -283,12 +283,13 @@ class _LiveCall:
                 return replace_session.result()
             return f"closed with code {realtime.close_code}"
         finally:
-            self._watch_timer.cancel()
+            if self._watch_timer is not None:
+                self._watch_timer.cancel()
 
     def _watch_session(self, replace_session: asyncio.Future[str]) -> None:
-        """Every `WATCH_INTERVAL_S` (a timer, not a task: cheap for many calls): end the
-        call at its time limit, and replace a session that stalled, or that is near its
-        lifetime limit while the conversation is at a pause."""
+        """Every `WATCH_INTERVAL_S`: end the call at its time limit, and replace a session
+        that stalled, or that is near its lifetime limit while the conversation is at a
+        pause."""
         settings, bridge = self.settings, self.bridge
         try:
             if bridge.now_ms() >= settings.max_call_seconds * 1000:
@@ -301,10 +302,13 @@ class _LiveCall:
         except Exception:
             self._fail("the session watchdog")
         if not replace_session.done():
-            loop = asyncio.get_running_loop()
-            self._watch_timer = loop.call_later(
-                WATCH_INTERVAL_S, self._watch_session, replace_session
-            )
+            self._watch_later(replace_session)
+
+    def _watch_later(self, replace_session: asyncio.Future[str]) -> None:
+        """A timer, not a task, and on a grid every call shares: however many calls are
+        live, their watchdogs wake the process once per interval, not once each."""
+        tick = (self._loop.time() // WATCH_INTERVAL_S + 1) * WATCH_INTERVAL_S
+        self._watch_timer = self._loop.call_at(tick, self._watch_session, replace_session)
 
     def _from_twilio(self, text: str) -> None:
         """Twilio → bridge → OpenAI, in the media socket's receive callback."""
@@ -364,7 +368,7 @@ class _LiveCall:
         frames = self.bridge.data_to_openai()
         realtime = self.realtime
         if frames and realtime is not None:
-            try:
+            try:  # noqa: SIM105 - not a context manager object per frame
                 realtime.send(*frames)
             except ConnectionClosed:
                 pass  # the session's end is noticed by `_serve_session`
