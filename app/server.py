@@ -86,10 +86,12 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
         if self.conn.state is not OPEN or self.close_sent:
             super().data_received(splitter.hand_over() + data)
             return
+        open_ = True
         for whole, chunk in splitter.feed(data):
             if not whole:
-                super().data_received(chunk)
-            elif self.conn.state is OPEN and not self.close_sent:  # else: dropped, closing
+                super().data_received(chunk)  # a control frame may start the closing
+                open_ = self.conn.state is OPEN and not self.close_sent
+            elif open_:  # else: dropped, closing
                 self._text_received(chunk)
 
     def send_receive_event_to_app(self) -> None:

@@ -15,7 +15,6 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any, Protocol
 
 from litestar import WebSocket
@@ -268,7 +267,7 @@ class _LiveCall:
         """Bridge until the call ends (None) or the session must be replaced (the reason)."""
         replace_session: asyncio.Future[str] = self._loop.create_future()
         self._watch_later(replace_session)
-        realtime.listen(partial(self._from_openai, realtime))
+        realtime.listen(self._from_openai)
         try:
             ends: set[asyncio.Future[Any]] = {self._twilio_over, realtime.closed, replace_session}
             await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
@@ -332,11 +331,10 @@ class _LiveCall:
         if bridge.stopped:
             self._end_twilio_side()
 
-    def _from_openai(self, realtime: RealtimeConnection, data: bytes) -> None:
+    def _from_openai(self, data: bytes) -> None:
         """OpenAI → bridge → Twilio (and back to OpenAI for truncation), in the Realtime
-        socket's receive callback."""
-        if realtime is not self.realtime:
-            return  # a session being replaced
+        socket's receive callback (which a session only makes while it is open, and so
+        the call's current one)."""
         received_at = time.perf_counter()
         try:
             event = parse_server_event(data)

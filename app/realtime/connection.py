@@ -69,6 +69,7 @@ class RealtimeConnection(asyncio.Protocol):
         self._heard = False  # since the last keepalive check
         self._pinged = False
         self._write_paused = False
+        self._open = False  # the protocol's state is OPEN (read per frame: kept, not asked)
 
     # -- what the call uses ------------------------------------------------------------
 
@@ -90,7 +91,7 @@ class RealtimeConnection(asyncio.Protocol):
         time, so that stays small unless OpenAI stops reading, and then the session is
         dropped (`closed`) for the call to open a new one."""
         transport = self._transport
-        if self._protocol.state is not OPEN or transport is None:
+        if not self._open or transport is None:
             raise self._closed_error()
         keys = _mask_keys
         transport.write(b"".join([text_frame(text.encode(), keys.next()) for text in texts]))
@@ -111,8 +112,9 @@ class RealtimeConnection(asyncio.Protocol):
     async def close(self) -> None:
         """Close the session (1000) and wait at most `CLOSE_TIMEOUT_S` for OpenAI to
         finish the closing handshake; after that, or if cancelled, drop the socket."""
-        if self._protocol.state is OPEN:
+        if self._open:
             self._protocol.send_close(1000)
+            self._open = False
             self._flush()
         try:
             with contextlib.suppress(TimeoutError):  # the finally drops the socket
@@ -133,21 +135,23 @@ class RealtimeConnection(asyncio.Protocol):
         splitter = self._splitter
         if splitter is None:
             self._received_head(data)
-        elif self._protocol.state is not OPEN:  # closing: the rest is the library's
+        elif not self._open:  # closing: the rest is the library's
             self._to_library(splitter.hand_over() + data)
         else:
             for whole, chunk in splitter.feed(data):
                 if not whole:
                     self._to_library(chunk)
-                elif self._protocol.state is OPEN:  # messages after a close are dropped
+                elif self._open:  # messages after a close are dropped
                     self._deliver(chunk)
 
     def eof_received(self) -> None:
         self._protocol.receive_eof()
+        self._open = False
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._protocol.receive_eof()  # idempotent: the protocol's state becomes CLOSED
+        self._open = False
         for timer in (self._close_timer, self._alive_timer):
             if timer is not None:
                 timer.cancel()
@@ -194,6 +198,7 @@ class RealtimeConnection(asyncio.Protocol):
                     self._alive_timer = self._loop.call_later(KEEPALIVE_S, self._check_alive)
                 else:
                     self._opened.set_exception(error)
+        self._open = protocol.state is OPEN
         self._flush()
         if protocol.close_expected() and self._close_timer is None:
             assert self._transport is not None
@@ -244,7 +249,7 @@ class RealtimeConnection(asyncio.Protocol):
         return ConnectionClosed(self._protocol.close_rcvd, self._protocol.close_sent)
 
     def _check_alive(self) -> None:
-        if self._protocol.state is not OPEN or self._transport is None:
+        if not self._open or self._transport is None:
             return
         if self._heard:
             self._heard = self._pinged = False
