@@ -1,4 +1,4 @@
-"""Twilio's media stream as the call loops see it: text in through a callback, text out
+"""Twilio's media stream as the call sees it: text in through a callback, text out
 at once, and the end of the stream to wait for.
 
 Under VoiceBridge's server (`app.server`), the socket's protocol hands each text message
@@ -37,7 +37,7 @@ class DirectText(Protocol):
 
 
 class MediaStreamSocket(WebSocket[Any, Any, Any]):
-    """Litestar's WebSocket, plus the direct text path for the audio loops."""
+    """Litestar's WebSocket, plus the direct text path for the audio."""
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         super().__init__(scope, receive, send)
