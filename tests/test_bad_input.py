@@ -173,3 +173,29 @@ async def test_frames_off_the_audio_fast_path_still_work(
             with pytest.raises(ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), 5)
             assert ws.close_code == 1007
+
+
+async def test_a_burst_right_behind_start_reaches_openai_whole_and_in_order(
+    realtime: RealtimeDouble, make_settings: Callable[..., Settings]
+) -> None:
+    """Frames that arrive before the call listens are queued, past the point where the
+    server stops reading; the call takes them over in order and reading resumes."""
+    settings = make_settings(agent_greeting="")
+    frames = [base64.b64encode(bytes([n]) * 160).decode() for n in range(101)]
+
+    def appended() -> list[str]:
+        if not realtime.sessions:
+            return []
+        return [e["audio"] for e in realtime.latest.events_of("input_audio_buffer.append")]
+
+    async with serve(create_app(settings)) as server:
+        call_sid = new_sid("CA")
+        parameters = await answer_call(server, call_sid)
+        async with connect(server.ws_url, compression=None) as ws:
+            await ws.send(start_frame(call_sid, parameters))
+            for n, frame in enumerate(frames[:-1]):  # no await yields: one burst
+                await ws.send(json.dumps(media(frame, timestamp=str(n * 20))))
+            await realtime.wait_for(lambda: len(appended()) == len(frames) - 1, timeout=5)
+            await ws.send(json.dumps(media(frames[-1], timestamp=str((len(frames) - 1) * 20))))
+            await realtime.wait_for(lambda: len(appended()) == len(frames), timeout=5)
+            assert appended() == frames
