@@ -256,6 +256,7 @@ async def test_garbage_never_crashes_the_double(double: RealtimeDouble) -> None:
 
 
 async def test_speech_turn_gets_a_reply_in_ga_order(double: RealtimeDouble) -> None:
+    double.transcript_delay_s = 0.5  # well after the reply's first audio, even on a busy machine
     client = await open_client(double)
     await client.update()
     await client.append(caller_turn())

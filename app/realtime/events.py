@@ -14,8 +14,10 @@ import msgspec
 _encode = msgspec.json.Encoder().encode
 
 
-class _Event(msgspec.Struct, tag_field="type"):
-    pass
+class _Event(msgspec.Struct, tag_field="type", gc=False):
+    """Only the fields the bridge reads are declared (the rest are skipped, not
+    decoded), and events are not tracked by the garbage collector (decoded JSON holds
+    no cycles)."""
 
 
 class SessionCreated(_Event, tag="session.created"):
@@ -65,7 +67,6 @@ class InputTranscriptFailed(_Event, tag="conversation.item.input_audio_transcrip
 class AudioDelta(_Event, tag="response.output_audio.delta"):
     item_id: str
     delta: str
-    response_id: str = ""
 
 
 class OutputTranscriptDone(_Event, tag="response.output_audio_transcript.done"):
