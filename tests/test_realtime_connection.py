@@ -174,3 +174,30 @@ async def test_a_quiet_but_live_socket_is_kept(
         connection.send("still there")
         await connection.close()
         assert connection.close_code == 1000
+
+
+async def test_a_peer_that_stops_reading_is_dropped_once_our_writes_pile_up(
+    make_settings: Callable[..., Settings],
+) -> None:
+    released = asyncio.Event()
+
+    async def stops_reading(ws: ServerConnection) -> None:
+        ws.transport.pause_reading()  # alive, but takes none of our audio
+        await released.wait()
+        ws.transport.abort()
+
+    async with openai_at(stops_reading, make_settings) as settings:
+        connection = await connect_realtime(settings)
+        chunk = "a" * 64_000
+        try:
+            for _ in range(1000):  # 64 MB at most: past the kernel's buffers and our limit
+                try:
+                    connection.send(chunk)
+                except ConnectionClosed:  # dropped
+                    break
+                await asyncio.sleep(0)  # the transport reports it is backed up
+            await asyncio.wait_for(asyncio.shield(connection.closed), 5)
+            assert connection.close_code == 1006
+        finally:
+            released.set()
+            await connection.close()

@@ -96,7 +96,7 @@ class RealtimeConnection(asyncio.Protocol):
         keys = _mask_keys
         transport.write(b"".join([text_frame(text.encode(), keys.next()) for text in texts]))
         if self._write_paused and transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
-            transport.abort()
+            self._drop()
 
     def listen(self, on_message: Callable[[bytes], None]) -> None:
         """Hand every message's payload to `on_message` as it arrives, starting with any
@@ -243,6 +243,12 @@ class RealtimeConnection(asyncio.Protocol):
             else:
                 transport.close()
 
+    def _drop(self) -> None:
+        """Abort the socket: `closed` is then done, with code 1006, and `send` raises."""
+        assert self._transport is not None
+        self._open = False
+        self._transport.abort()
+
     def _closed_error(self) -> ConnectionClosed:
         if self._protocol.state is CLOSED:
             return self._protocol.close_exc
@@ -254,7 +260,7 @@ class RealtimeConnection(asyncio.Protocol):
         if self._heard:
             self._heard = self._pinged = False
         elif self._pinged:
-            self._transport.abort()  # `closed` is then done, with code 1006
+            self._drop()
             return
         else:
             self._protocol.send_ping(os.urandom(4))
