@@ -199,16 +199,15 @@ class _LiveCall:
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned: set[str] = set()
         self._watch_timer: asyncio.TimerHandle | None = None
-        # Done when Twilio's side is over: `stop`, the socket closed, or a failure.
         self._loop = asyncio.get_running_loop()
+        # Done when Twilio's side is over: `stop`, the socket closed, or a failure.
         self._twilio_over: asyncio.Future[None] = self._loop.create_future()
 
     async def run(self) -> None:
         self.socket.listen(self._from_twilio)
         reader = asyncio.create_task(self.socket.until_closed())
         reader.add_done_callback(lambda _: self._end_twilio_side())
-        loop = asyncio.get_running_loop()
-        outage_since = loop.time()
+        outage_since = self._loop.time()
         try:
             while not self._twilio_over.done():
                 deadline = outage_since + self.settings.realtime_reconnect_timeout_s
@@ -229,7 +228,7 @@ class _LiveCall:
                 if reason is None:
                     break
                 if self.bridge.session_healthy:
-                    outage_since = loop.time()  # a working session resets the outage clock
+                    outage_since = self._loop.time()  # a working session resets the clock
                 log.warning("Realtime session lost (%s); opening a new one", reason)
                 self.bridge.session_lost(reason)
         finally:
@@ -320,22 +319,22 @@ class _LiveCall:
                 self._warn_once(message.event, "ignoring Twilio event %r", message.event)
                 return
             bridge.twilio_message(message)
+            self._send_openai()
+            self._act()
         except MessageError as error:
             self._warn_once(str(error), "bad message from Twilio: %s", error)
-            return
         except Exception:
             self._fail("a message from Twilio")
-            return
-        self._send_openai()
-        self._act()
-        if bridge.stopped:
-            self._end_twilio_side()
+        else:
+            if bridge.stopped:
+                self._end_twilio_side()
 
     def _from_openai(self, data: bytes) -> None:
         """OpenAI → bridge → Twilio (and back to OpenAI for truncation), in the Realtime
         socket's receive callback (which a session only makes while it is open, and so
         the call's current one)."""
         received_at = time.perf_counter()
+        bridge = self.bridge
         try:
             event = parse_server_event(data)
             if event is None:
@@ -346,21 +345,19 @@ class _LiveCall:
                     event.error.message,
                     extra={"code": event.error.code, "type": event.error.type},
                 )
-            bridge = self.bridge
             bridge.realtime_event(event)
+            to_twilio = bridge.data_to_twilio()
+            if to_twilio:
+                self.socket.send_now(to_twilio)
+            if bridge.first_audio_turn is not None:
+                self._turn_answered(bridge.first_audio_turn, time.perf_counter() - received_at)
+                bridge.first_audio_turn = None
+            self._send_openai()
+            if bridge.tool_requests:
+                self._run_tools()
+            self._act()
         except Exception:
             self._fail("an event from OpenAI")
-            return
-        to_twilio = bridge.data_to_twilio()
-        if to_twilio:
-            self.socket.send_now(to_twilio)
-        if bridge.first_audio_turn is not None:
-            self._turn_answered(bridge.first_audio_turn, time.perf_counter() - received_at)
-            bridge.first_audio_turn = None
-        self._send_openai()
-        if bridge.tool_requests:
-            self._run_tools()
-        self._act()
 
     def _send_openai(self) -> None:
         frames = self.bridge.data_to_openai()
