@@ -25,7 +25,7 @@ from app.call.media_socket import DIRECT_TEXT, OnText
 from app.call.stream import CallServices, drain
 from app.logs import logging_config
 from app.settings import Settings
-from app.wsframes import FrameSplitter, text_frame
+from app.wsframes import FrameSplitter, text_frames
 
 log = logging.getLogger("voicebridge.server")
 
@@ -73,7 +73,7 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
         """`DirectText.send_texts`. Written even while the transport is paused: it
         buffers, and the agent's audio is bounded by the model's real-time output."""
         if self._open_for_frames():
-            self.transport.write(b"".join([text_frame(text.encode()) for text in texts]))
+            self.transport.write(text_frames(texts))
 
     def data_received(self, data: bytes) -> None:
         splitter = self._splitter

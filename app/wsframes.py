@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterable
 
 try:
     from websockets.speedups import apply_mask
 except ImportError:  # pragma: no cover - the C extension ships in websockets' wheels
     from websockets.utils import apply_mask
 
-__all__ = ["FrameSplitter", "MaskKeys", "text_frame"]
+__all__ = ["FrameSplitter", "MaskKeys", "text_frame", "text_frames"]
 
 _FIN = 0x80
 _OPCODE = 0x0F
@@ -44,6 +45,14 @@ def text_frame(payload: bytes, mask: bytes | None = None) -> bytes:
     if mask is None:
         return header + payload
     return b"".join((header, mask, apply_mask(payload, mask)))
+
+
+def text_frames(texts: Iterable[str], keys: MaskKeys | None = None) -> bytes:
+    """Text messages as final frames, ready for one write; masked with fresh keys from
+    `keys` (a client's frames)."""
+    return b"".join(
+        [text_frame(text.encode(), None if keys is None else keys.next()) for text in texts]
+    )
 
 
 class MaskKeys:

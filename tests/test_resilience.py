@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from websockets.asyncio.client import connect
 
 from app.call.bridge import CallBridge
@@ -184,7 +185,9 @@ async def test_killed_streams_leak_nothing(
 
 
 async def test_a_bug_met_in_one_call_ends_that_call_and_no_other(
-    realtime: RealtimeDouble, make_settings: Callable[..., Settings], monkeypatch: Any
+    realtime: RealtimeDouble,
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     broken_sid = new_sid("CA")
     handle = CallBridge.realtime_event

@@ -1,6 +1,6 @@
 """The per-call bridge, sans I/O: Twilio messages and Realtime events in, frames out.
 
-The call's I/O (`app.call.stream`) feeds parsed messages to `CallBridge` and send what
+The call's I/O (`app.call.stream`) feeds parsed messages to `CallBridge` and sends what
 it queued; everything a call decides — what to forward, when to clear Twilio's queue,
 how far to truncate the model's memory, what goes in the transcript — happens here,
 where unit tests drive it without sockets and with a fake clock.

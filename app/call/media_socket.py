@@ -80,7 +80,8 @@ class MediaStreamSocket(WebSocket[Any, Any, Any]):
 
     async def until_closed(self) -> None:
         """Serve the stream until it closes. Under the direct path only the close (and a
-        binary frame, or a message that came before `listen`) arrives through ASGI."""
+        binary frame) arrives through ASGI: the server hands every text to `listen`'s
+        callback, those it had queued first."""
         writer = None if self._direct else asyncio.create_task(self._write_outbox())
         try:
             while (text := await self.receive_text_message()) is not None:

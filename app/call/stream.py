@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -383,7 +384,7 @@ class _LiveCall:
             self._warned.add(key)
             log.warning(message, *args)
 
-    def _start(self, work: Any) -> None:
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
         """Run a coroutine beside the audio; cancelled with the call."""
         task = asyncio.create_task(work)
         self._tasks.add(task)

@@ -32,7 +32,7 @@ from websockets.protocol import CLOSED, OPEN
 from websockets.uri import parse_uri
 
 from app.settings import Settings
-from app.wsframes import FrameSplitter, MaskKeys, text_frame
+from app.wsframes import FrameSplitter, MaskKeys, text_frames
 
 CONNECT_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 1.0  # a hung-up call must release its OpenAI session within a second
@@ -93,8 +93,7 @@ class RealtimeConnection(asyncio.Protocol):
         transport = self._transport
         if not self._open or transport is None:
             raise self._closed_error()
-        keys = _mask_keys
-        transport.write(b"".join([text_frame(text.encode(), keys.next()) for text in texts]))
+        transport.write(text_frames(texts, _mask_keys))
         if self._write_paused and transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
             self._drop()
 
