@@ -72,7 +72,7 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
     def send_texts(self, texts: list[str]) -> None:
         """`DirectText.send_texts`. Written even while the transport is paused: it
         buffers, and the agent's audio is bounded by the model's real-time output."""
-        if self._open_for_frames():
+        if self.conn.state is OPEN and not self.close_sent and not self.disconnected:
             self.transport.write(text_frames(texts))
 
     def data_received(self, data: bytes) -> None:
@@ -114,15 +114,6 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
             and self.initial_response is None
             and self.conn.state is OPEN
             and not self.conn.reader.buffer
-        )
-
-    def _open_for_frames(self) -> bool:
-        return (
-            self.handshake_complete
-            and self.initial_response is None
-            and self.conn.state is OPEN
-            and not self.close_sent
-            and not self.disconnected
         )
 
     def _text_received(self, payload: bytes) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 try:
     from websockets.speedups import apply_mask
@@ -47,9 +47,11 @@ def text_frame(payload: bytes, mask: bytes | None = None) -> bytes:
     return b"".join((header, mask, apply_mask(payload, mask)))
 
 
-def text_frames(texts: Iterable[str], keys: MaskKeys | None = None) -> bytes:
+def text_frames(texts: Sequence[str], keys: MaskKeys | None = None) -> bytes:
     """Text messages as final frames, ready for one write; masked with fresh keys from
     `keys` (a client's frames)."""
+    if len(texts) == 1:  # the usual write: one audio frame
+        return text_frame(texts[0].encode(), None if keys is None else keys.next())
     return b"".join(
         [text_frame(text.encode(), None if keys is None else keys.next()) for text in texts]
     )
@@ -90,8 +92,25 @@ class FrameSplitter:
         self._pending = b""
         self._fragmented = False  # inside a fragmented message: its frames are the library's
         self.handed_over = False
+        # The usual read is exactly one whole text frame of 126 to 65535 bytes, at a
+        # frame boundary: its second byte and header size, for a shortcut.
+        self._at_boundary = True  # nothing held back, not in a fragmented message
+        self._medium = (_MASKED if masked else 0) | 126
+        self._medium_head = 8 if masked else 4
 
     def feed(self, data: bytes) -> list[tuple[bool, bytes]]:
+        if self._at_boundary and len(data) > 8 and data[0] == _FIN_TEXT:
+            head = self._medium_head
+            length = (data[2] << 8) | data[3]
+            if data[1] == self._medium and head + length == len(data) <= head + self._max_size:
+                if head == 8:
+                    return [(True, apply_mask(data[8:], data[4:8]))]
+                return [(True, data[4:])]
+        out = self._split(data)
+        self._at_boundary = not (self._pending or self._fragmented or self.handed_over)
+        return out
+
+    def _split(self, data: bytes) -> list[tuple[bool, bytes]]:
         if self.handed_over:
             return [(False, data)]
         buffer = self._pending + data if self._pending else data
@@ -137,5 +156,6 @@ class FrameSplitter:
     def hand_over(self) -> bytes:
         """Stop splitting (the connection is closing): the bytes held back, for the library."""
         self.handed_over = True
+        self._at_boundary = False
         pending, self._pending = self._pending, b""
         return pending

@@ -87,6 +87,19 @@ def test_a_frame_over_the_limit_and_all_after_it_go_to_the_library(masked: bool)
     assert splitter.feed(big[10:] + small) == [(False, big[10:] + small)]
 
 
+@pytest.mark.parametrize("masked", [True, False])
+def test_the_shortcut_for_one_whole_frame_keeps_the_limit(masked: bool) -> None:
+    """A read holding exactly one whole medium-sized text frame (the usual read) takes a
+    shortcut; the size limit holds there too, and later reads go the long way."""
+    fits = Frame(Opcode.TEXT, b"y" * 200).serialize(mask=masked, extensions=[])
+    over = Frame(Opcode.TEXT, b"x" * 300).serialize(mask=masked, extensions=[])
+    splitter = FrameSplitter(masked=masked, max_size=250)
+    assert splitter.feed(fits) == [(True, b"y" * 200)]
+    assert splitter.feed(over) == [(False, over)]
+    assert splitter.handed_over
+    assert splitter.feed(fits) == [(False, fits)]
+
+
 def test_a_frame_masked_the_wrong_way_is_left_for_the_library_to_refuse() -> None:
     unmasked = Frame(Opcode.TEXT, b"hi").serialize(mask=False, extensions=[])
     splitter = FrameSplitter(masked=True, max_size=MAX_SIZE)

@@ -141,7 +141,10 @@ class RealtimeConnection(asyncio.Protocol):
                 if not whole:
                     self._to_library(chunk)
                 elif self._open:  # messages after a close are dropped
-                    self._deliver(chunk)
+                    if self._listener is not None:
+                        self._listener(chunk)  # the usual message: no call between
+                    else:
+                        self._deliver(chunk)
 
     def eof_received(self) -> None:
         self._protocol.receive_eof()
