@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -25,9 +26,10 @@ from app.call.media_socket import DIRECT_TEXT, OnText
 from app.call.stream import CallServices, drain
 from app.logs import logging_config
 from app.settings import Settings
-from app.wsframes import FrameSplitter, text_frames
+from app.wsframes import FrameSplitter, FrameWriter
 
 log = logging.getLogger("voicebridge.server")
+_frames = FrameWriter(masked=False)
 
 
 class MediaStreamProtocol(WebSocketsSansIOProtocol):
@@ -69,11 +71,11 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
             self.read_paused = False
             self.transport.resume_reading()
 
-    def send_texts(self, texts: list[str]) -> None:
+    def send_texts(self, texts: Sequence[str]) -> None:
         """`DirectText.send_texts`. Written even while the transport is paused: it
         buffers, and the agent's audio is bounded by the model's real-time output."""
         if self.conn.state is OPEN and not self.close_sent and not self.disconnected:
-            self.transport.write(text_frames(texts))
+            self.transport.write(_frames.frames(texts))
 
     def data_received(self, data: bytes) -> None:
         splitter = self._splitter

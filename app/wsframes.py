@@ -20,7 +20,7 @@ try:
 except ImportError:  # pragma: no cover - the C extension ships in websockets' wheels
     from websockets.utils import apply_mask
 
-__all__ = ["FrameSplitter", "MaskKeys", "text_frame", "text_frames"]
+__all__ = ["FrameSplitter", "FrameWriter"]
 
 _FIN = 0x80
 _OPCODE = 0x0F
@@ -32,48 +32,43 @@ _MEDIUM = struct.Struct("!BBH")
 _LONG = struct.Struct("!BBQ")
 
 
-def text_frame(payload: bytes, mask: bytes | None = None) -> bytes:
-    """One final text frame carrying `payload`; masked with `mask` (a client's frame)."""
-    length = len(payload)
-    masked = _MASKED if mask is not None else 0
-    if length < 126:
-        header = bytes((_FIN_TEXT, masked | length))
-    elif length < 1 << 16:
-        header = _MEDIUM.pack(_FIN_TEXT, masked | 126, length)
-    else:
-        header = _LONG.pack(_FIN_TEXT, masked | 127, length)
-    if mask is None:
-        return header + payload
-    return b"".join((header, mask, apply_mask(payload, mask)))
+class FrameWriter:
+    """Writes text messages as final frames, ready for one write.
 
-
-def text_frames(texts: Sequence[str], keys: MaskKeys | None = None) -> bytes:
-    """Text messages as final frames, ready for one write; masked with fresh keys from
-    `keys` (a client's frames)."""
-    if len(texts) == 1:  # the usual write: one audio frame
-        return text_frame(texts[0].encode(), None if keys is None else keys.next())
-    return b"".join(
-        [text_frame(text.encode(), None if keys is None else keys.next()) for text in texts]
-    )
-
-
-class MaskKeys:
-    """Four fresh random bytes per client frame (RFC 6455 §5.3), drawn from the OS 4 KiB
-    at a time: one getrandom() call per thousand frames instead of one per frame."""
+    A client's frames (`masked`) each get four fresh random bytes as mask (RFC 6455
+    §5.3), drawn from the OS 4 KiB at a time: one getrandom() call per thousand frames
+    instead of one per frame. Everything a frame needs happens in one call: this runs
+    for every audio frame in both directions.
+    """
 
     POOL_BYTES = 4096
 
-    def __init__(self) -> None:
+    def __init__(self, *, masked: bool) -> None:
+        self._masked = masked
+        self._mask_bit = _MASKED if masked else 0
         self._pool = b""
         self._at = 0
 
-    def next(self) -> bytes:
+    def frames(self, texts: Sequence[str]) -> bytes:
+        if len(texts) != 1:
+            return b"".join([self.frames((text,)) for text in texts])
+        payload = texts[0].encode()
+        length = len(payload)
+        if length < 126:
+            header = bytes((_FIN_TEXT, self._mask_bit | length))
+        elif length < 1 << 16:
+            header = _MEDIUM.pack(_FIN_TEXT, self._mask_bit | 126, length)
+        else:
+            header = _LONG.pack(_FIN_TEXT, self._mask_bit | 127, length)
+        if not self._masked:
+            return header + payload
         at = self._at
         if at >= len(self._pool):
             self._pool = os.urandom(self.POOL_BYTES)
             at = 0
         self._at = at + 4
-        return self._pool[at : at + 4]
+        mask = self._pool[at : at + 4]
+        return header + mask + apply_mask(payload, mask)
 
 
 class FrameSplitter:

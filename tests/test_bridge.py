@@ -166,7 +166,7 @@ def test_barge_in_clears_twilio_and_truncates_to_what_was_heard() -> None:
         "audio_end_ms": 150,
     }
     bridge.realtime_event(audio_delta("item_a", 800))  # late audio of the cut item
-    assert bridge.data_to_twilio() == []
+    assert not bridge.data_to_twilio()
 
 
 def test_speech_without_queued_audio_sends_no_clear() -> None:
@@ -176,7 +176,7 @@ def test_speech_without_queued_audio_sends_no_clear() -> None:
             {"type": "input_audio_buffer.speech_started", "audio_start_ms": 0, "item_id": "user_1"}
         )
     )
-    assert bridge.data_to_twilio() == []
+    assert not bridge.data_to_twilio()
 
 
 def test_transcript_orders_by_item_not_by_arrival() -> None:
@@ -274,7 +274,7 @@ def test_a_replacement_session_is_reseeded_and_gets_the_held_caller_audio() -> N
     bridge.session_lost("closed with code 1011")
     for n in range(200):  # 4 s of caller audio while reconnecting: only the last 3 s kept
         bridge.twilio_message(parse_message(media(bytes([n % 100]) * 160, 20 * n)))
-    assert bridge.data_to_openai() == []
+    assert not bridge.data_to_openai()
     clock.now += 4
     bridge.session_opened()
     frames = [json.loads(f) for f in bridge.data_to_openai()]
@@ -322,7 +322,7 @@ def test_the_time_limit_goodbye_waits_for_the_active_response() -> None:
     bridge.data_to_openai()
     bridge.realtime_event(server({"type": "response.created", "response": {"id": "r"}}))
     bridge.time_limit_reached()
-    assert bridge.data_to_openai() == []  # the API refuses a second active response
+    assert not bridge.data_to_openai()  # the API refuses a second active response
     bridge.realtime_event(server({"type": "response.done", "response": {"id": "r"}}))
     (goodbye,) = (json.loads(f) for f in bridge.data_to_openai())
     assert "time limit" in goodbye["response"]["instructions"]
@@ -335,7 +335,7 @@ def test_caller_audio_before_the_first_session_opens_reaches_the_model() -> None
     bridge, _ = started(AgentConfig("m", "i", "ash", "", "whisper-1"), session=False)
     for n in range(10):
         bridge.twilio_message(parse_message(media(bytes([n]) * 160, 20 * n)))
-    assert bridge.data_to_openai() == []
+    assert not bridge.data_to_openai()
     bridge.session_opened()
     frames = [json.loads(f) for f in bridge.data_to_openai()]
     assert frames[0]["type"] == "session.update"

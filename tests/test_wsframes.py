@@ -13,7 +13,7 @@ from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
-from app.wsframes import FrameSplitter, MaskKeys, text_frame
+from app.wsframes import FrameSplitter, FrameWriter
 
 MAX_SIZE = 70_000
 
@@ -108,7 +108,7 @@ def test_a_frame_masked_the_wrong_way_is_left_for_the_library_to_refuse() -> Non
 
 
 def test_held_back_bytes_are_handed_over_whole() -> None:
-    frame = text_frame(b"hello", MaskKeys().next())
+    frame = FrameWriter(masked=True).frames(["hello"])
     splitter = FrameSplitter(masked=True, max_size=MAX_SIZE)
     assert splitter.feed(frame[:4]) == []
     assert splitter.hand_over() == frame[:4]
@@ -118,23 +118,31 @@ def test_held_back_bytes_are_handed_over_whole() -> None:
 @pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 200_000])
 @pytest.mark.parametrize("masked", [True, False])
 def test_written_frames_read_back_as_the_text_sent(size: int, masked: bool) -> None:
-    payload = ("é" * (size // 2) + "x" * (size % 2)).encode()
-    frame = text_frame(payload, MaskKeys().next() if masked else None)
+    text = "é" * (size // 2) + "x" * (size % 2)
+    frame = FrameWriter(masked=masked).frames([text])
     [parsed] = library_frames(frame, masked)
-    assert (parsed.opcode, parsed.fin, bytes(parsed.data)) == (Opcode.TEXT, True, payload)
+    assert (parsed.opcode, parsed.fin, bytes(parsed.data)) == (Opcode.TEXT, True, text.encode())
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_several_texts_are_written_as_frames_in_order(masked: bool) -> None:
+    texts = ["first", "x" * 300, ""]
+    parsed = library_frames(FrameWriter(masked=masked).frames(texts), masked)
+    assert [(f.opcode, f.fin, bytes(f.data)) for f in parsed] == [
+        (Opcode.TEXT, True, text.encode()) for text in texts
+    ]
 
 
 def test_a_server_protocol_accepts_our_client_frames() -> None:
     server = ServerProtocol(state=OPEN, max_size=None)
-    server.receive_data(text_frame(b'{"type":"x"}', MaskKeys().next()))
+    server.receive_data(FrameWriter(masked=True).frames(['{"type":"x"}']))
     [frame] = server.events_received()
     assert bytes(frame.data) == b'{"type":"x"}'
     assert server.state is OPEN
 
 
 def test_mask_keys_are_fresh_across_pool_refills() -> None:
-    keys = MaskKeys()
-    drawn = [keys.next() for _ in range(3 * MaskKeys.POOL_BYTES // 4)]
-    assert all(len(key) == 4 for key in drawn)
+    writer = FrameWriter(masked=True)
+    drawn = [writer.frames(["x"])[2:6] for _ in range(3 * FrameWriter.POOL_BYTES // 4)]
     pools = [b"".join(drawn[i : i + 1024]) for i in range(0, len(drawn), 1024)]
     assert len(set(pools)) == 3  # a refill draws new randomness, never replays the pool

@@ -13,7 +13,7 @@ import binascii
 import json
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -98,18 +98,25 @@ class CallBridge:
         # Tools and call control.
         self.tool_requests: list[ToolRequest] = []
         self._deferred_response: str | None = None  # instructions ("" for none) to send next
-        self._action: CallAction | None = None
+        # A hang-up or transfer the agent asked for, done once its last words have played.
+        self.pending_action: CallAction | None = None
         self._time_limit_reached = False
 
     # Output ----------------------------------------------------------------------
 
-    def data_to_openai(self) -> list[str]:
+    def data_to_openai(self) -> Sequence[str]:
         """Frames queued for the Realtime socket, oldest first; the queue is emptied."""
-        out, self._to_openai = self._to_openai, []
+        out = self._to_openai
+        if not out:
+            return ()  # most messages queue nothing for one side: no list made for that
+        self._to_openai = []
         return out
 
-    def data_to_twilio(self) -> list[str]:
-        out, self._to_twilio = self._to_twilio, []
+    def data_to_twilio(self) -> Sequence[str]:
+        out = self._to_twilio
+        if not out:
+            return ()
+        self._to_twilio = []
         return out
 
     def now_ms(self) -> int:
@@ -317,10 +324,10 @@ class CallBridge:
             call_id=event.call_id,
         )
         if event.name == END_CALL:
-            self._action = CallAction("hang_up")
+            self.pending_action = CallAction("hang_up")
             self.tool_result(event.call_id, event.name, '{"result": "the call ends now"}', False)
         elif event.name == TRANSFER_CALL:
-            self._action = CallAction("transfer")
+            self.pending_action = CallAction("transfer")
             self.tool_result(event.call_id, event.name, '{"result": "transferring"}', False)
         else:
             self.tool_requests.append(ToolRequest(event.call_id, event.name, event.arguments))
@@ -351,17 +358,17 @@ class CallBridge:
             return
         self._time_limit_reached = True
         self.transcript.note("time_limit", self.now_ms())
-        self._action = CallAction("hang_up")
+        self.pending_action = CallAction("hang_up")
         if self._connected:
             self._request_response(TIME_LIMIT_GOODBYE)
 
     def due_action(self) -> CallAction | None:
         """The hang-up or transfer to carry out now: only once the agent's last words
         (its goodbye, its "I'm transferring you") have been heard, per Twilio's marks."""
-        action = self._action
+        action = self.pending_action
         if action is None or self._responding or self.playback.playing:
             return None
-        self._action = None
+        self.pending_action = None
         return action
 
     def _session_ms(self, audio_ms: int) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 from litestar import WebSocket
@@ -32,7 +32,7 @@ class DirectText(Protocol):
         """From now on (and first for those already received) hand text messages to
         `on_text` as they arrive, instead of queueing them for ASGI `receive`."""
 
-    def send_texts(self, texts: list[str]) -> None:
+    def send_texts(self, texts: Sequence[str]) -> None:
         """Write text messages now, in one write; dropped once the socket is closing."""
 
 
@@ -51,7 +51,7 @@ class MediaStreamSocket(WebSocket[Any, Any, Any]):
         # Send text messages without waiting (in order; dropped once closed). Messages
         # made at the same moment (an audio frame and its mark) share one write. Bound
         # once: the server's own method on the direct path, one call per frame fewer.
-        self.send_now: Callable[[list[str]], None] = (
+        self.send_now: Callable[[Sequence[str]], None] = (
             self._direct.send_texts if self._direct is not None else self._queue_texts
         )
 
@@ -75,7 +75,7 @@ class MediaStreamSocket(WebSocket[Any, Any, Any]):
         if self._direct is not None:
             self._direct.listen(on_text)
 
-    def _queue_texts(self, texts: list[str]) -> None:
+    def _queue_texts(self, texts: Sequence[str]) -> None:
         for text in texts:
             self._outbox.put_nowait(text)
 

@@ -321,7 +321,8 @@ class _LiveCall:
                 return
             bridge.twilio_message(message)
             self._send_openai()
-            self._act()
+            if bridge.pending_action is not None:
+                self._act()
         except MessageError as error:
             self._warn_once(str(error), "bad message from Twilio: %s", error)
         except Exception:
@@ -356,7 +357,8 @@ class _LiveCall:
             self._send_openai()
             if bridge.tool_requests:
                 self._run_tools()
-            self._act()
+            if bridge.pending_action is not None:
+                self._act()
         except Exception:
             self._fail("an event from OpenAI")
 

@@ -32,7 +32,7 @@ from websockets.protocol import CLOSED, OPEN
 from websockets.uri import parse_uri
 
 from app.settings import Settings
-from app.wsframes import FrameSplitter, MaskKeys, text_frames
+from app.wsframes import FrameSplitter, FrameWriter
 
 CONNECT_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 1.0  # a hung-up call must release its OpenAI session within a second
@@ -45,7 +45,7 @@ MAX_QUEUED = 64
 # Our writes OpenAI has not read: past this, it has stopped reading and the session is dead.
 MAX_UNSENT_BYTES = 1024 * 1024
 
-_mask_keys = MaskKeys()  # one event loop thread uses it; keys are never reused
+_frames = FrameWriter(masked=True)  # one event loop thread uses it; keys are never reused
 
 
 class RealtimeConnection(asyncio.Protocol):
@@ -93,7 +93,7 @@ class RealtimeConnection(asyncio.Protocol):
         transport = self._transport
         if not self._open or transport is None:
             raise self._closed_error()
-        transport.write(text_frames(texts, _mask_keys))
+        transport.write(_frames.frames(texts))
         if self._write_paused and transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
             self._drop()
 
