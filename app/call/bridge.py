@@ -237,16 +237,15 @@ class CallBridge:
             raise MessageError(f"media payload is not base64 ({error})") from None
         if not 0 < size <= MAX_FRAME_BYTES:
             raise MessageError(f"media payload of {size} bytes (Twilio sends 160)")
+        # While the Realtime session reconnects, caller audio is held, then replayed.
+        frames = self._to_openai if self._connected else self._held_audio
         if media.timestamp:
-            self._fill_gap(media.timestamp, size)
+            gap_ms = self._gap_before(media.timestamp, size)
+            if gap_ms:  # Twilio may omit silent frames; server VAD needs the silence
+                silence = base64.b64encode(_SILENCE * (gap_ms * BYTES_PER_MS)).decode()
+                frames.append(rt.append_audio(silence))
         self.frames_in += 1
-        self._to_realtime_audio(rt.append_audio(payload))
-
-    def _to_realtime_audio(self, frame: str) -> None:
-        if self._connected:
-            self._to_openai.append(frame)
-        else:
-            self._held_audio.append(frame)
+        frames.append(rt.append_audio(payload))
 
     def _keypress(self, digit: str) -> None:
         """Keypad presses reach the model as input, and the transcript as a caller turn."""
@@ -259,20 +258,18 @@ class CallBridge:
             self._to_openai.append(rt.user_text(f"The caller pressed {digit} on the keypad."))
             self._request_response()
 
-    def _fill_gap(self, timestamp: str, size: int) -> None:
-        """Twilio may omit silent frames; server VAD needs the silence to end a turn."""
+    def _gap_before(self, timestamp: str, size: int) -> int:
+        """Milliseconds of silence Twilio left out before this frame: 0 if none was, or
+        if the gap is too long to be left-out silence (the stream stalled)."""
         try:
             at = int(timestamp)
         except ValueError:
             raise MessageError(f"media timestamp {timestamp!r} is not a number") from None
         expected = self._next_timestamp
         self._next_timestamp = at + size // BYTES_PER_MS
-        if expected is None:
-            return
-        gap_ms = at - expected
-        if FRAME_MS <= gap_ms <= MAX_GAP_FILL_MS:
-            silence = base64.b64encode(_SILENCE * (gap_ms * BYTES_PER_MS)).decode()
-            self._to_realtime_audio(rt.append_audio(silence))
+        if expected is None or not FRAME_MS <= at - expected <= MAX_GAP_FILL_MS:
+            return 0
+        return at - expected
 
     # Realtime side ---------------------------------------------------------------
 
@@ -390,8 +387,10 @@ class CallBridge:
         playback = self.playback
         if playback.open_item not in (None, item_id):
             self._close_audio_group()  # each item's audio ends with its own mark
-        mark = playback.queued(item_id, _decoded_size(event.delta), self._clock())
-        self._to_twilio.append(self._writer.media(event.delta))
+        delta = event.delta
+        size = len(delta) * 3 // 4 - delta.count("=", -2)  # decoded bytes, not decoding them
+        mark = playback.queued(item_id, size, self._clock())
+        self._to_twilio.append(self._writer.media(delta))
         if mark is not None:
             self._to_twilio.append(self._writer.mark(mark))
         self.frames_out += 1
@@ -435,11 +434,3 @@ class CallBridge:
         usage.input_cached_tokens += int(got.input_token_details.get("cached_tokens") or 0)
         usage.output_audio_tokens += int(got.output_token_details.get("audio_tokens") or 0)
         usage.output_text_tokens += int(got.output_token_details.get("text_tokens") or 0)
-
-
-def _decoded_size(payload_b64: str) -> int:
-    """Bytes a base64 string decodes to, without decoding it."""
-    if not payload_b64:
-        return 0
-    padding = 2 if payload_b64.endswith("==") else 1 if payload_b64.endswith("=") else 0
-    return len(payload_b64) * 3 // 4 - padding
