@@ -41,6 +41,8 @@ class FrameWriter:
     for every audio frame in both directions.
     """
 
+    __slots__ = ("_at", "_mask_bit", "_masked", "_pool")
+
     POOL_BYTES = 4096
 
     def __init__(self, *, masked: bool) -> None:
@@ -80,6 +82,17 @@ class FrameSplitter:
     library must refuse (larger than `max_size`, or masked the wrong way) ends the
     splitting: it and everything after it are the library's (`handed_over`).
     """
+
+    __slots__ = (
+        "_at_boundary",
+        "_fragmented",
+        "_masked",
+        "_max_size",
+        "_medium",
+        "_medium_head",
+        "_pending",
+        "handed_over",
+    )
 
     def __init__(self, *, masked: bool, max_size: int) -> None:
         self._masked = masked

@@ -68,6 +68,39 @@ class CallAction:
 class CallBridge:
     """One call's state between Twilio and the Realtime API."""
 
+    __slots__ = (
+        "_agent_items",
+        "_audio_item",
+        "_awaiting_since",
+        "_caller_speaking",
+        "_clock",
+        "_connected",
+        "_cut_items",
+        "_deferred_response",
+        "_held_audio",
+        "_lost_at_ms",
+        "_next_timestamp",
+        "_responding",
+        "_session_started_at",
+        "_started_at",
+        "_time_limit_reached",
+        "_to_openai",
+        "_to_twilio",
+        "_turn_ended_at",
+        "_writer",
+        "config",
+        "first_audio_turn",
+        "frames_in",
+        "frames_out",
+        "pending_action",
+        "playback",
+        "session_healthy",
+        "sessions",
+        "stopped",
+        "tool_requests",
+        "transcript",
+    )
+
     def __init__(self, config: AgentConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self._clock = clock
@@ -80,6 +113,7 @@ class CallBridge:
         self._next_timestamp: int | None = None
         self._cut_items: set[str] = set()
         self._agent_items: set[str] = set()
+        self._audio_item = ""  # the item whose audio was sent last
         self.stopped = False
         self.frames_in = 0
         self.frames_out = 0
@@ -384,12 +418,12 @@ class CallBridge:
                 turn.latency_ms = round((self._clock() - self._turn_ended_at) * 1000)
                 self._turn_ended_at = None
                 self.first_audio_turn = turn  # the socket loop adds its own share
-        playback = self.playback
-        if playback.open_item not in (None, item_id):
+        if item_id != self._audio_item:
             self._close_audio_group()  # each item's audio ends with its own mark
+            self._audio_item = item_id
         delta = event.delta
         size = len(delta) * 3 // 4 - delta.count("=", -2)  # decoded bytes, not decoding them
-        mark = playback.queued(item_id, size, self._clock())
+        mark = self.playback.queued(item_id, size, self._clock())
         self._to_twilio.append(self._writer.media(delta))
         if mark is not None:
             self._to_twilio.append(self._writer.mark(mark))

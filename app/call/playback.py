@@ -38,6 +38,8 @@ class Cut:
 class PlaybackTracker:
     """Per-call record of audio queued at Twilio and heard by the caller."""
 
+    __slots__ = ("_heard", "_last_echo_at", "_next_mark", "_open", "_pending", "_produced")
+
     def __init__(self) -> None:
         self._pending: deque[_Group] = deque()  # marked, not yet echoed
         self._open: _Group | None = None  # sent, not yet followed by a mark
@@ -68,10 +70,6 @@ class PlaybackTracker:
         group.mark = str(self._next_mark)
         self._pending.append(group)
         return group.mark
-
-    @property
-    def open_item(self) -> str | None:
-        return None if self._open is None else self._open.item_id
 
     def mark_played(self, name: str, now: float) -> None:
         """Twilio echoed `name`: everything queued up to and including it was heard.

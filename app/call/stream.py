@@ -187,6 +187,21 @@ class _LiveCall:
     and go under it (reconnects after a drop or stall, rollover before the session
     lifetime limit), each re-seeded by the bridge with the conversation so far."""
 
+    __slots__ = (
+        "_loop",
+        "_tasks",
+        "_twilio_over",
+        "_warned",
+        "_watch_timer",
+        "bridge",
+        "metrics",
+        "outcome",
+        "realtime",
+        "services",
+        "settings",
+        "socket",
+    )
+
     def __init__(
         self, socket: MediaStreamSocket, bridge: CallBridge, services: CallServices
     ) -> None:

@@ -51,6 +51,26 @@ _frames = FrameWriter(masked=True)  # one event loop thread uses it; keys are ne
 class RealtimeConnection(asyncio.Protocol):
     """One open Realtime session's socket: `send` text, `listen` for messages, `close`."""
 
+    __slots__ = (
+        "_alive_timer",
+        "_close_timer",
+        "_fragments",
+        "_head",
+        "_heard",
+        "_listener",
+        "_loop",
+        "_lost",
+        "_messages",
+        "_open",
+        "_opened",
+        "_pinged",
+        "_protocol",
+        "_reading_paused",
+        "_splitter",
+        "_transport",
+        "_write_paused",
+    )
+
     def __init__(self, protocol: ClientProtocol) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop

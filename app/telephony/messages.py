@@ -125,6 +125,8 @@ class StreamWriter:
     concatenation around a base64 payload, which needs no escaping.
     """
 
+    __slots__ = ("_clear", "_mark_prefix", "_media_prefix")
+
     def __init__(self, stream_sid: str) -> None:
         sid = msgspec.json.encode(stream_sid).decode()
         self._media_prefix = '{"event":"media","streamSid":' + sid + ',"media":{"payload":"'
