@@ -41,6 +41,7 @@ class FrameWriter:
     for every audio frame in both directions.
     """
 
+    # A fixed layout: attribute reads on the audio path stay fast.
     __slots__ = ("_at", "_mask_bit", "_masked", "_pool")
 
     POOL_BYTES = 4096
@@ -83,6 +84,7 @@ class FrameSplitter:
     splitting: it and everything after it are the library's (`handed_over`).
     """
 
+    # A fixed layout: attribute reads on the audio path stay fast.
     __slots__ = (
         "_at_boundary",
         "_fragmented",

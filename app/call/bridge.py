@@ -68,6 +68,7 @@ class CallAction:
 class CallBridge:
     """One call's state between Twilio and the Realtime API."""
 
+    # A fixed layout: attribute reads on the audio path stay fast.
     __slots__ = (
         "_agent_items",
         "_audio_item",

@@ -38,6 +38,7 @@ class Cut:
 class PlaybackTracker:
     """Per-call record of audio queued at Twilio and heard by the caller."""
 
+    # A fixed layout: attribute reads on the audio path stay fast.
     __slots__ = ("_heard", "_last_echo_at", "_next_mark", "_open", "_pending", "_produced")
 
     def __init__(self) -> None:

@@ -187,6 +187,7 @@ class _LiveCall:
     and go under it (reconnects after a drop or stall, rollover before the session
     lifetime limit), each re-seeded by the bridge with the conversation so far."""
 
+    # A fixed layout: attribute reads on the audio path stay fast.
     __slots__ = (
         "_loop",
         "_tasks",

@@ -51,6 +51,7 @@ _frames = FrameWriter(masked=True)  # one event loop thread uses it; keys are ne
 class RealtimeConnection(asyncio.Protocol):
     """One open Realtime session's socket: `send` text, `listen` for messages, `close`."""
 
+    # A fixed layout: attribute reads on the audio path stay fast.
     __slots__ = (
         "_alive_timer",
         "_close_timer",
