@@ -42,12 +42,11 @@ class FrameWriter:
     """
 
     # A fixed layout: attribute reads on the audio path stay fast.
-    __slots__ = ("_at", "_mask_bit", "_masked", "_pool")
+    __slots__ = ("_at", "_mask_bit", "_pool")
 
     POOL_BYTES = 4096
 
     def __init__(self, *, masked: bool) -> None:
-        self._masked = masked
         self._mask_bit = _MASKED if masked else 0
         self._pool = b""
         self._at = 0
@@ -63,7 +62,7 @@ class FrameWriter:
             header = _MEDIUM.pack(_FIN_TEXT, self._mask_bit | 126, length)
         else:
             header = _LONG.pack(_FIN_TEXT, self._mask_bit | 127, length)
-        if not self._masked:
+        if not self._mask_bit:
             return header + payload
         at = self._at
         if at >= len(self._pool):
@@ -113,7 +112,7 @@ class FrameSplitter:
             head = self._medium_head
             length = (data[2] << 8) | data[3]
             if data[1] == self._medium and head + length == len(data) <= head + self._max_size:
-                if head == 8:
+                if self._masked:
                     return [(True, apply_mask(data[8:], data[4:8]))]
                 return [(True, data[4:])]
         out = self._split(data)
