@@ -88,6 +88,10 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
         if self.conn.state is not OPEN or self.close_sent:
             super().data_received(splitter.hand_over() + data)
             return
+        payload = splitter.whole_text(data)
+        if payload is not None:
+            self._text_received(payload)
+            return
         open_ = True
         for whole, chunk in splitter.feed(data):
             if not whole:

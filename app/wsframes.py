@@ -76,7 +76,9 @@ class FrameWriter:
 class FrameSplitter:
     """Cuts one direction of a connection into frames.
 
-    `feed` returns, in order, `(True, payload)` for each whole single-frame text message
+    `whole_text` is the shortcut for the usual read: exactly one whole text frame, whose
+    payload it returns (None for any other read, which then goes to `feed`). `feed`
+    returns, in order, `(True, payload)` for each whole single-frame text message
     (unmasked) and `(False, frame)` for each other whole frame, raw, for the library.
     `masked` is whether this side receives masked frames (a server does). A frame the
     library must refuse (larger than `max_size`, or masked the wrong way) ends the
@@ -102,19 +104,24 @@ class FrameSplitter:
         self._fragmented = False  # inside a fragmented message: its frames are the library's
         self.handed_over = False
         # The usual read is exactly one whole text frame of 126 to 65535 bytes, at a
-        # frame boundary: its second byte and header size, for a shortcut.
+        # frame boundary: its second byte and header size, for the shortcut.
         self._at_boundary = True  # nothing held back, not in a fragmented message
         self._medium = (_MASKED if masked else 0) | 126
         self._medium_head = 8 if masked else 4
 
-    def feed(self, data: bytes) -> list[tuple[bool, bytes]]:
+    def whole_text(self, data: bytes) -> bytes | None:
+        """The payload when `data` is one whole text frame of a medium size, within the
+        limit, at a frame boundary; otherwise None (and `feed` takes `data`)."""
         if self._at_boundary and len(data) > 8 and data[0] == _FIN_TEXT:
             head = self._medium_head
             length = (data[2] << 8) | data[3]
             if data[1] == self._medium and head + length == len(data) <= head + self._max_size:
                 if self._masked:
-                    return [(True, apply_mask(data[8:], data[4:8]))]
-                return [(True, data[4:])]
+                    return apply_mask(data[8:], data[4:8])
+                return data[4:]
+        return None
+
+    def feed(self, data: bytes) -> list[tuple[bool, bytes]]:
         out = self._split(data)
         self._at_boundary = not (self._pending or self._fragmented or self.handed_over)
         return out

@@ -43,6 +43,13 @@ def started(config: AgentConfig = CONFIG, *, session: bool = True) -> tuple[Call
     return bridge, clock
 
 
+def take(frames: list[str]) -> list[str]:
+    """What the bridge queued for one socket, taken as the call's I/O takes it."""
+    taken = list(frames)
+    frames.clear()
+    return taken
+
+
 def server(event: dict[str, Any]) -> rt.ServerEvent:
     parsed = rt.parse_server_event(msgspec.json.encode(event))
     assert parsed is not None
@@ -80,7 +87,7 @@ def audio_delta(item_id: str, nbytes: int) -> rt.ServerEvent:
 
 def test_start_configures_a_ga_session_and_greets_first() -> None:
     bridge, _ = started()
-    update, greet = (json.loads(frame) for frame in bridge.data_to_openai())
+    update, greet = (json.loads(frame) for frame in take(bridge.to_openai))
     assert update["type"] == "session.update"
     session = update["session"]
     assert session["type"] == "realtime"
@@ -94,15 +101,15 @@ def test_start_configures_a_ga_session_and_greets_first() -> None:
 
 def test_no_greeting_means_the_agent_waits() -> None:
     bridge, _ = started(AgentConfig("m", "i", "ash", "", "whisper-1"))
-    assert [json.loads(f)["type"] for f in bridge.data_to_openai()] == ["session.update"]
+    assert [json.loads(f)["type"] for f in take(bridge.to_openai)] == ["session.update"]
 
 
 def test_caller_audio_goes_to_openai_unchanged() -> None:
     bridge, _ = started()
-    bridge.data_to_openai()
+    take(bridge.to_openai)
     frame = bytes(range(160))
     bridge.twilio_message(parse_message(media(frame, 0)))
-    (append,) = (json.loads(f) for f in bridge.data_to_openai())
+    (append,) = (json.loads(f) for f in take(bridge.to_openai))
     assert append == {
         "type": "input_audio_buffer.append",
         "audio": base64.b64encode(frame).decode(),
@@ -111,10 +118,10 @@ def test_caller_audio_goes_to_openai_unchanged() -> None:
 
 def test_timestamp_gap_is_filled_with_mulaw_silence() -> None:
     bridge, _ = started()
-    bridge.data_to_openai()
+    take(bridge.to_openai)
     bridge.twilio_message(parse_message(media(b"\x01" * 160, 0)))
     bridge.twilio_message(parse_message(media(b"\x01" * 160, 120)))  # 100 ms omitted
-    first, silence, second = (json.loads(f)["audio"] for f in bridge.data_to_openai())
+    first, silence, second = (json.loads(f)["audio"] for f in take(bridge.to_openai))
     assert base64.b64decode(silence) == b"\xff" * 800
     assert base64.b64decode(first) == base64.b64decode(second) == b"\x01" * 160
 
@@ -130,7 +137,7 @@ def test_bad_base64_is_a_message_error(payload: str) -> None:
 def test_agent_audio_goes_to_twilio_followed_by_a_mark() -> None:
     bridge, _ = started()
     bridge.realtime_event(audio_delta("item_a", 800))
-    media_frame, mark = (json.loads(f) for f in bridge.data_to_twilio())
+    media_frame, mark = (json.loads(f) for f in take(bridge.to_twilio))
     assert media_frame["event"] == "media"
     assert base64.b64decode(media_frame["media"]["payload"]) == b"\x00" * 800
     assert mark["event"] == "mark"
@@ -141,11 +148,11 @@ def test_barge_in_clears_twilio_and_truncates_to_what_was_heard() -> None:
     bridge, clock = started()
     for _ in range(5):
         bridge.realtime_event(audio_delta("item_a", 800))  # 5 x 100 ms, sent at once
-    marks = [json.loads(f)["mark"]["name"] for f in bridge.data_to_twilio() if "mark" in f]
+    marks = [json.loads(f)["mark"]["name"] for f in take(bridge.to_twilio) if "mark" in f]
     clock.now += 0.1
     bridge.twilio_message(parse_message(json.dumps({"event": "mark", "mark": {"name": marks[0]}})))
     clock.now += 0.05  # 150 ms of playback when the caller starts talking
-    bridge.data_to_openai()
+    take(bridge.to_openai)
     bridge.realtime_event(
         server(
             {
@@ -155,10 +162,10 @@ def test_barge_in_clears_twilio_and_truncates_to_what_was_heard() -> None:
             }
         )
     )
-    assert [json.loads(f) for f in bridge.data_to_twilio()] == [
+    assert [json.loads(f) for f in take(bridge.to_twilio)] == [
         {"event": "clear", "streamSid": START["streamSid"]}
     ]
-    (truncate,) = (json.loads(f) for f in bridge.data_to_openai())
+    (truncate,) = (json.loads(f) for f in take(bridge.to_openai))
     assert truncate == {
         "type": "conversation.item.truncate",
         "item_id": "item_a",
@@ -166,7 +173,7 @@ def test_barge_in_clears_twilio_and_truncates_to_what_was_heard() -> None:
         "audio_end_ms": 150,
     }
     bridge.realtime_event(audio_delta("item_a", 800))  # late audio of the cut item
-    assert not bridge.data_to_twilio()
+    assert not take(bridge.to_twilio)
 
 
 def test_speech_without_queued_audio_sends_no_clear() -> None:
@@ -176,7 +183,7 @@ def test_speech_without_queued_audio_sends_no_clear() -> None:
             {"type": "input_audio_buffer.speech_started", "audio_start_ms": 0, "item_id": "user_1"}
         )
     )
-    assert not bridge.data_to_twilio()
+    assert not take(bridge.to_twilio)
 
 
 def test_transcript_orders_by_item_not_by_arrival() -> None:
@@ -274,10 +281,10 @@ def test_a_replacement_session_is_reseeded_and_gets_the_held_caller_audio() -> N
     bridge.session_lost("closed with code 1011")
     for n in range(200):  # 4 s of caller audio while reconnecting: only the last 3 s kept
         bridge.twilio_message(parse_message(media(bytes([n % 100]) * 160, 20 * n)))
-    assert not bridge.data_to_openai()
+    assert not take(bridge.to_openai)
     clock.now += 4
     bridge.session_opened()
-    frames = [json.loads(f) for f in bridge.data_to_openai()]
+    frames = [json.loads(f) for f in take(bridge.to_openai)]
     assert frames[0]["type"] == "session.update"
     assert [f["item"]["content"][0]["text"] for f in frames[1:3]] == ["Table for two.", "Sure."]
     assert [f["item"]["role"] for f in frames[1:3]] == ["user", "assistant"]
@@ -311,20 +318,20 @@ def test_agent_audio_is_marked_every_100_ms_and_at_the_end_of_a_response() -> No
     bridge, _ = started()
     for _ in range(7):
         bridge.realtime_event(audio_delta("item_a", 160))
-    events = [json.loads(f)["event"] for f in bridge.data_to_twilio()]
+    events = [json.loads(f)["event"] for f in take(bridge.to_twilio)]
     assert events == ["media"] * 5 + ["mark"] + ["media"] * 2
     bridge.realtime_event(server({"type": "response.done", "response": {"id": "r"}}))
-    assert [json.loads(f)["event"] for f in bridge.data_to_twilio()] == ["mark"]
+    assert [json.loads(f)["event"] for f in take(bridge.to_twilio)] == ["mark"]
 
 
 def test_the_time_limit_goodbye_waits_for_the_active_response() -> None:
     bridge, _ = started(AgentConfig("m", "i", "ash", "", "whisper-1"))
-    bridge.data_to_openai()
+    take(bridge.to_openai)
     bridge.realtime_event(server({"type": "response.created", "response": {"id": "r"}}))
     bridge.time_limit_reached()
-    assert not bridge.data_to_openai()  # the API refuses a second active response
+    assert not take(bridge.to_openai)  # the API refuses a second active response
     bridge.realtime_event(server({"type": "response.done", "response": {"id": "r"}}))
-    (goodbye,) = (json.loads(f) for f in bridge.data_to_openai())
+    (goodbye,) = (json.loads(f) for f in take(bridge.to_openai))
     assert "time limit" in goodbye["response"]["instructions"]
     assert bridge.due_action() is None  # not before the goodbye has been said and heard
 
@@ -335,9 +342,9 @@ def test_caller_audio_before_the_first_session_opens_reaches_the_model() -> None
     bridge, _ = started(AgentConfig("m", "i", "ash", "", "whisper-1"), session=False)
     for n in range(10):
         bridge.twilio_message(parse_message(media(bytes([n]) * 160, 20 * n)))
-    assert not bridge.data_to_openai()
+    assert not take(bridge.to_openai)
     bridge.session_opened()
-    frames = [json.loads(f) for f in bridge.data_to_openai()]
+    frames = [json.loads(f) for f in take(bridge.to_openai)]
     assert frames[0]["type"] == "session.update"
     sent = [base64.b64decode(f["audio"]) for f in frames[1:]]
     assert sent == [bytes([n]) * 160 for n in range(10)]

@@ -59,6 +59,12 @@ def library_frames(raw: bytes, masked: bool) -> list[Frame]:
     return frames
 
 
+def split(splitter: FrameSplitter, data: bytes) -> list[tuple[bool, bytes]]:
+    """As the sockets read: the shortcut first, then the general path."""
+    payload = splitter.whole_text(data)
+    return [(True, payload)] if payload is not None else splitter.feed(data)
+
+
 @given(frames=streams, masked=st.booleans(), cuts=st.lists(st.integers(0, 200_000), max_size=8))
 def test_splitting_reads_what_the_library_reads_however_the_stream_is_cut(
     frames: list[Frame], masked: bool, cuts: list[int]
@@ -68,7 +74,7 @@ def test_splitting_reads_what_the_library_reads_however_the_stream_is_cut(
     splitter = FrameSplitter(masked=masked, max_size=MAX_SIZE)
     seen: list[tuple[Opcode, bool, bytes]] = []
     for start, stop in itertools.pairwise(points):
-        for whole, chunk in splitter.feed(stream[start:stop]):
+        for whole, chunk in split(splitter, stream[start:stop]):
             if whole:
                 seen.append((Opcode.TEXT, True, chunk))
             else:
@@ -94,9 +100,11 @@ def test_the_shortcut_for_one_whole_frame_keeps_the_limit(masked: bool) -> None:
     fits = Frame(Opcode.TEXT, b"y" * 200).serialize(mask=masked, extensions=[])
     over = Frame(Opcode.TEXT, b"x" * 300).serialize(mask=masked, extensions=[])
     splitter = FrameSplitter(masked=masked, max_size=250)
-    assert splitter.feed(fits) == [(True, b"y" * 200)]
+    assert splitter.whole_text(fits) == b"y" * 200
+    assert splitter.whole_text(over) is None
     assert splitter.feed(over) == [(False, over)]
     assert splitter.handed_over
+    assert splitter.whole_text(fits) is None
     assert splitter.feed(fits) == [(False, fits)]
 
 

@@ -13,7 +13,7 @@ import binascii
 import json
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -85,8 +85,6 @@ class CallBridge:
         "_session_started_at",
         "_started_at",
         "_time_limit_reached",
-        "_to_openai",
-        "_to_twilio",
         "_turn_ended_at",
         "_writer",
         "config",
@@ -98,6 +96,8 @@ class CallBridge:
         "session_healthy",
         "sessions",
         "stopped",
+        "to_openai",
+        "to_twilio",
         "tool_requests",
         "transcript",
     )
@@ -105,8 +105,10 @@ class CallBridge:
     def __init__(self, config: AgentConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self._clock = clock
-        self._to_openai: list[str] = []
-        self._to_twilio: list[str] = []
+        # Frames queued for each socket, oldest first. The I/O writes them and empties
+        # the list (at once: writing keeps no reference to it).
+        self.to_openai: list[str] = []
+        self.to_twilio: list[str] = []
         self.playback = PlaybackTracker()
         self.transcript: Transcript | None = None
         self._writer: StreamWriter | None = None
@@ -138,21 +140,6 @@ class CallBridge:
         self._time_limit_reached = False
 
     # Output ----------------------------------------------------------------------
-
-    def data_to_openai(self) -> Sequence[str]:
-        """Frames queued for the Realtime socket, oldest first; the queue is emptied."""
-        out = self._to_openai
-        if not out:
-            return ()  # most messages queue nothing for one side: no list made for that
-        self._to_openai = []
-        return out
-
-    def data_to_twilio(self) -> Sequence[str]:
-        out = self._to_twilio
-        if not out:
-            return ()
-        self._to_twilio = []
-        return out
 
     def now_ms(self) -> int:
         """Milliseconds since the stream started: the transcript's timeline."""
@@ -197,7 +184,7 @@ class CallBridge:
         self.session_healthy = False
         self._session_started_at = now
         self._responding = self._caller_speaking = False
-        self._to_openai.append(session_update(self.config))
+        self.to_openai.append(session_update(self.config))
         self._awaiting_since = now
         if not self.transcript.turns:
             if self.config.greeting:  # nothing said yet: the agent opens the call
@@ -205,12 +192,12 @@ class CallBridge:
         else:
             for n, turn in enumerate(self.transcript.spoken_turns()):
                 item_id = f"{SEED_PREFIX}{self.sessions}_{n}"
-                self._to_openai.append(rt.conversation_message(item_id, turn.role, turn.text))
+                self.to_openai.append(rt.conversation_message(item_id, turn.role, turn.text))
             gap_ms = self.now_ms() - (self._lost_at_ms or 0)
             self.transcript.note("realtime_reconnected", self.now_ms(), gap_ms=gap_ms)
         # What the caller said while no session was open (before the first one, or
         # across a reconnect) reaches the model, not the void.
-        self._to_openai.extend(self._held_audio)
+        self.to_openai.extend(self._held_audio)
         self._held_audio.clear()
 
     def session_lost(self, reason: str) -> None:
@@ -221,7 +208,7 @@ class CallBridge:
         self._connected = False
         self._awaiting_since = None
         self._lost_at_ms = self.now_ms()
-        self._to_openai.clear()
+        self.to_openai.clear()
         self.transcript.note("realtime_lost", self._lost_at_ms, reason=reason)
 
     def give_up(self) -> None:
@@ -273,7 +260,7 @@ class CallBridge:
         if not 0 < size <= MAX_FRAME_BYTES:
             raise MessageError(f"media payload of {size} bytes (Twilio sends 160)")
         # While the Realtime session reconnects, caller audio is held, then replayed.
-        frames = self._to_openai if self._connected else self._held_audio
+        frames = self.to_openai if self._connected else self._held_audio
         if media.timestamp:
             gap_ms = self._gap_before(media.timestamp, size)
             if gap_ms:  # Twilio may omit silent frames; server VAD needs the silence
@@ -290,7 +277,7 @@ class CallBridge:
         turn = self.transcript.turn("caller", f"dtmf_{self.now_ms()}_{digit}", self.now_ms())
         turn.text, turn.transcribed, turn.dtmf = f"(pressed {digit})", True, digit
         if self._connected:
-            self._to_openai.append(rt.user_text(f"The caller pressed {digit} on the keypad."))
+            self.to_openai.append(rt.user_text(f"The caller pressed {digit} on the keypad."))
             self._request_response()
 
     def _gap_before(self, timestamp: str, size: int) -> int:
@@ -372,7 +359,7 @@ class CallBridge:
         )
         if not self._connected:
             return
-        self._to_openai.append(rt.function_output(call_id, output))
+        self.to_openai.append(rt.function_output(call_id, output))
         if respond:
             self._request_response()
 
@@ -381,7 +368,7 @@ class CallBridge:
         if self._responding:
             self._deferred_response = instructions
         else:
-            self._to_openai.append(rt.create_response(instructions or None))
+            self.to_openai.append(rt.create_response(instructions or None))
             self._responding = True
 
     def time_limit_reached(self) -> None:
@@ -425,26 +412,26 @@ class CallBridge:
         delta = event.delta
         size = len(delta) * 3 // 4 - delta.count("=", -2)  # decoded bytes, not decoding them
         mark = self.playback.queued(item_id, size, self._clock())
-        self._to_twilio.append(self._writer.media(delta))
+        self.to_twilio.append(self._writer.media(delta))
         if mark is not None:
-            self._to_twilio.append(self._writer.mark(mark))
+            self.to_twilio.append(self._writer.mark(mark))
         self.frames_out += 1
 
     def _close_audio_group(self) -> None:
         mark = self.playback.close_group()
         if mark is not None and self._writer is not None:
-            self._to_twilio.append(self._writer.mark(mark))
+            self.to_twilio.append(self._writer.mark(mark))
 
     def _barge_in(self, transcript: Transcript) -> None:
         """The caller talks over queued agent audio: stop playback now, and make the
         model's memory end where the caller stopped hearing it."""
         assert self._writer is not None
-        self._to_twilio.append(self._writer.clear())
+        self.to_twilio.append(self._writer.clear())
         now_ms = self.now_ms()
         for cut in self.playback.interrupt(self._clock()):
             self._cut_items.add(cut.item_id)
             if self._connected:
-                self._to_openai.append(rt.truncate(cut.item_id, cut.heard_ms))
+                self.to_openai.append(rt.truncate(cut.item_id, cut.heard_ms))
             transcript.agent_cut(cut.item_id, cut.heard_ms, cut.produced_ms, now_ms)
 
     def _item_added(self, item: rt.Item, transcript: Transcript) -> None:

@@ -77,10 +77,11 @@ class PlaybackTracker:
 
         Unknown names (marks dropped by a `clear`, echoed afterwards) are ignored.
         """
-        if not any(group.mark == name for group in self._pending):
-            return
-        while self._pending:
-            group = self._pending.popleft()
+        pending = self._pending
+        if not pending or (pending[0].mark != name and name not in [g.mark for g in pending]):
+            return  # (Twilio plays in order: the echo is nearly always the oldest mark)
+        while pending:
+            group = pending.popleft()
             self._heard[group.item_id] = group.start + group.size
             if group.mark == name:
                 break

@@ -336,7 +336,8 @@ class _LiveCall:
                 self._warn_once(message.event, "ignoring Twilio event %r", message.event)
                 return
             bridge.twilio_message(message)
-            self._send_openai()
+            if bridge.to_openai:
+                self._send_openai()
             if bridge.pending_action is not None:
                 self._act()
         except MessageError as error:
@@ -364,13 +365,15 @@ class _LiveCall:
                     extra={"code": event.error.code, "type": event.error.type},
                 )
             bridge.realtime_event(event)
-            to_twilio = bridge.data_to_twilio()
+            to_twilio = bridge.to_twilio
             if to_twilio:
                 self.socket.send_now(to_twilio)
+                to_twilio.clear()
             if bridge.first_audio_turn is not None:
                 self._turn_answered(bridge.first_audio_turn, time.perf_counter() - received_at)
                 bridge.first_audio_turn = None
-            self._send_openai()
+            if bridge.to_openai:
+                self._send_openai()
             if bridge.tool_requests:
                 self._run_tools()
             if bridge.pending_action is not None:
@@ -379,13 +382,14 @@ class _LiveCall:
             self._fail("an event from OpenAI")
 
     def _send_openai(self) -> None:
-        frames = self.bridge.data_to_openai()
+        frames = self.bridge.to_openai
         realtime = self.realtime
         if frames and realtime is not None:
             try:  # noqa: SIM105 - not a context manager object per frame
                 realtime.send(*frames)
             except ConnectionClosed:
                 pass  # the session's end is noticed by `_serve_session`
+        frames.clear()  # written, or gone with the session they were meant for
 
     def _end_twilio_side(self) -> None:
         if not self._twilio_over.done():

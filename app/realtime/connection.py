@@ -157,15 +157,17 @@ class RealtimeConnection(asyncio.Protocol):
             self._received_head(data)
         elif not self._open:  # closing: the rest is the library's
             self._to_library(splitter.hand_over() + data)
+        elif (payload := splitter.whole_text(data)) is not None:
+            if self._listener is not None:
+                self._listener(payload)  # the usual read: no call between
+            else:
+                self._deliver(payload)
         else:
             for whole, chunk in splitter.feed(data):
                 if not whole:
                     self._to_library(chunk)
                 elif self._open:  # messages after a close are dropped
-                    if self._listener is not None:
-                        self._listener(chunk)  # the usual message: no call between
-                    else:
-                        self._deliver(chunk)
+                    self._deliver(chunk)
 
     def eof_received(self) -> None:
         self._protocol.receive_eof()
