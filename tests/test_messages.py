@@ -35,7 +35,7 @@ def test_start_message_exposes_call_and_parameters() -> None:
     assert message.start.custom_parameters["from"] == "+15550001111"
 
 
-def test_media_message_keeps_string_fields() -> None:
+def test_media_message_reads_the_timestamp_twilio_sends_as_a_string() -> None:
     frame = {
         "event": "media",
         "sequenceNumber": "4",
@@ -44,7 +44,9 @@ def test_media_message_keeps_string_fields() -> None:
     }
     message = parse_message(json.dumps(frame))
     assert isinstance(message, Media)
-    assert (message.media.timestamp, message.media.payload) == ("5", "//8=")
+    assert (message.media.timestamp, message.media.payload) == (5, "//8=")
+    with pytest.raises(MessageError):
+        parse_message(json.dumps({**frame, "media": {**frame["media"], "timestamp": "soon"}}))
 
 
 @pytest.mark.parametrize(

@@ -261,7 +261,7 @@ class CallBridge:
             raise MessageError(f"media payload of {size} bytes (Twilio sends 160)")
         # While the Realtime session reconnects, caller audio is held, then replayed.
         frames = self.to_openai if self._connected else self._held_audio
-        if media.timestamp:
+        if media.timestamp is not None:
             gap_ms = self._gap_before(media.timestamp, size)
             if gap_ms:  # Twilio may omit silent frames; server VAD needs the silence
                 silence = base64.b64encode(_SILENCE * (gap_ms * BYTES_PER_MS)).decode()
@@ -280,13 +280,9 @@ class CallBridge:
             self.to_openai.append(rt.user_text(f"The caller pressed {digit} on the keypad."))
             self._request_response()
 
-    def _gap_before(self, timestamp: str, size: int) -> int:
-        """Milliseconds of silence Twilio left out before this frame: 0 if none was, or
-        if the gap is too long to be left-out silence (the stream stalled)."""
-        try:
-            at = int(timestamp)
-        except ValueError:
-            raise MessageError(f"media timestamp {timestamp!r} is not a number") from None
+    def _gap_before(self, at: int, size: int) -> int:
+        """Milliseconds of silence Twilio left out before this frame (at `at` ms): 0 if
+        none was, or if the gap is too long to be left-out silence (the stream stalled)."""
         expected = self._next_timestamp
         self._next_timestamp = at + size // BYTES_PER_MS
         if expected is None or not FRAME_MS <= at - expected <= MAX_GAP_FILL_MS:
@@ -396,8 +392,24 @@ class CallBridge:
 
     def _agent_audio(self, event: rt.AudioDelta, transcript: Transcript) -> None:
         item_id = event.item_id
+        if item_id != self._audio_item and not self._next_audio_item(item_id, transcript):
+            return
+        writer = self._writer
+        assert writer is not None  # (else no item could have begun)
+        delta = event.delta
+        size = len(delta) * 3 // 4 - delta.count("=", -2)  # decoded bytes, not decoding them
+        mark = self.playback.queued(item_id, size, self._clock())
+        self.to_twilio.append(writer.media(delta))
+        if mark is not None:
+            self.to_twilio.append(writer.mark(mark))
+        self.frames_out += 1
+
+    def _next_audio_item(self, item_id: str, transcript: Transcript) -> bool:
+        """Audio of another item than the last: False if it must not play (the caller
+        cut it off); else the previous item's audio ends with its mark, and an item's
+        first audio begins an agent turn."""
         if item_id in self._cut_items or self._writer is None:
-            return  # the caller interrupted this item: late audio must not play
+            return False  # the caller interrupted this item: late audio must not play
         if item_id not in self._agent_items:
             self._agent_items.add(item_id)
             turn = transcript.turn("agent", item_id, self.now_ms())
@@ -406,16 +418,9 @@ class CallBridge:
                 turn.latency_ms = round((self._clock() - self._turn_ended_at) * 1000)
                 self._turn_ended_at = None
                 self.first_audio_turn = turn  # the socket loop adds its own share
-        if item_id != self._audio_item:
-            self._close_audio_group()  # each item's audio ends with its own mark
-            self._audio_item = item_id
-        delta = event.delta
-        size = len(delta) * 3 // 4 - delta.count("=", -2)  # decoded bytes, not decoding them
-        mark = self.playback.queued(item_id, size, self._clock())
-        self.to_twilio.append(self._writer.media(delta))
-        if mark is not None:
-            self.to_twilio.append(self._writer.mark(mark))
-        self.frames_out += 1
+        self._close_audio_group()  # each item's audio ends with its own mark
+        self._audio_item = item_id
+        return True
 
     def _close_audio_group(self) -> None:
         mark = self.playback.close_group()
@@ -428,6 +433,7 @@ class CallBridge:
         assert self._writer is not None
         self.to_twilio.append(self._writer.clear())
         now_ms = self.now_ms()
+        self._audio_item = ""  # what follows of a cut item is checked, and dropped
         for cut in self.playback.interrupt(self._clock()):
             self._cut_items.add(cut.item_id)
             if self._connected:

@@ -48,7 +48,7 @@ class Start(_Message, tag="start"):
 
 class MediaPayload(msgspec.Struct, gc=False):
     payload: str
-    timestamp: str = ""
+    timestamp: int | None = None  # Twilio sends digits in a string: the decoder converts
     track: str = "inbound"
 
 
@@ -90,7 +90,7 @@ class UnknownEvent(msgspec.Struct):
 
 TwilioMessage = Connected | Start | Media | Mark | Dtmf | Stop
 
-_decoder = msgspec.json.Decoder(TwilioMessage)
+_decoder = msgspec.json.Decoder(TwilioMessage, strict=False)  # numbers come as strings
 _event_only = msgspec.json.Decoder(UnknownEvent)
 _KNOWN_EVENTS = frozenset({"connected", "start", "media", "mark", "dtmf", "stop"})
 
