@@ -156,7 +156,7 @@ _APPEND_PREFIX = '{"type":"input_audio_buffer.append","audio":"'
 
 def append_audio(payload_b64: str) -> str:
     """The hot path: Twilio's base64 μ-law goes on unchanged, no decode, no re-encode."""
-    return _APPEND_PREFIX + payload_b64 + '"}'
+    return f'{_APPEND_PREFIX}{payload_b64}"}}'
 
 
 def truncate(item_id: str, audio_end_ms: int) -> str:

@@ -135,11 +135,11 @@ class StreamWriter:
         self._clear = '{"event":"clear","streamSid":' + sid + "}"
 
     def media(self, payload_b64: str) -> str:
-        return self._media_prefix + payload_b64 + '"}}'
+        return f'{self._media_prefix}{payload_b64}"}}}}'
 
     def mark(self, name: str) -> str:
         """A mark; `name` must be JSON-safe (we only use our own short names)."""
-        return self._mark_prefix + name + '"}}'
+        return f'{self._mark_prefix}{name}"}}}}'
 
     def clear(self) -> str:
         return self._clear
