@@ -286,6 +286,10 @@ def _machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "pinned": procs.can_pin(),
         "python": platform.python_version(),
+        # The interpreter's build matters as much as its version: pyenv's default build
+        # (no PGO/LTO) runs the bridge's Python code markedly slower than a distribution's
+        # or the official images' (README, "Performance").
+        "python_executable": os.path.realpath(sys.executable),
         "platform": platform.platform(),
         "commit": commit,
     }
