@@ -1,0 +1,1 @@
+"""Fault injection for tests: networks, peers and disks that misbehave like production's."""
