@@ -278,6 +278,7 @@ def test_a_replacement_session_is_reseeded_and_gets_the_held_caller_audio() -> N
             }
         )
     )
+    bridge.realtime_event(server({"type": "response.done", "response": {"status": "completed"}}))
     bridge.session_lost("closed with code 1011")
     for n in range(200):  # 4 s of caller audio while reconnecting: only the last 3 s kept
         bridge.twilio_message(parse_message(media(bytes([n % 100]) * 160, 20 * n)))
@@ -300,6 +301,68 @@ def test_stall_is_noticed_only_while_an_answer_is_owed() -> None:
     bridge.realtime_event(server({"type": "session.updated", "session": {}}))
     clock.now += 10
     assert not bridge.stalled(timeout_s=5)  # a quiet line is not a stall
+
+
+def test_an_answer_lost_with_its_session_is_asked_for_again() -> None:
+    bridge, _ = started(AgentConfig("m", "i", "ash", "", "whisper-1"))
+    bridge.realtime_event(server({"type": "session.updated", "session": {}}))
+    bridge.realtime_event(
+        server({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 900, "item_id": "u"})
+    )
+    bridge.realtime_event(server({"type": "response.created", "response": {"id": "r"}}))
+    bridge.realtime_event(audio_delta("agent_1", 800))  # the answer had begun
+    bridge.session_lost("closed with code 1006")
+    bridge.session_opened()
+    sent = [json.loads(f)["type"] for f in take(bridge.to_openai)]
+    assert sent[0] == "session.update" and sent[-1] == "response.create"
+    bridge.realtime_event(server({"type": "response.done", "response": {"status": "completed"}}))
+    bridge.session_lost("closed with code 1006")
+    bridge.session_opened()
+    assert "response.create" not in [json.loads(f)["type"] for f in take(bridge.to_openai)]
+
+
+def test_a_quiet_session_is_asked_for_a_sign_of_life_and_a_mute_one_is_stalled() -> None:
+    bridge, clock = started(AgentConfig("m", "i", "ash", "", "whisper-1"))
+    take(bridge.to_openai)
+    bridge.realtime_event(server({"type": "session.updated", "session": {}}))
+    assert bridge.watch(stall_timeout_s=8, max_session_s=3000) is None
+    clock.now += 1
+    assert bridge.watch(stall_timeout_s=8, max_session_s=3000) is None
+    assert not take(bridge.to_openai), "a short pause is not probed"
+    clock.now += 2
+    assert bridge.watch(stall_timeout_s=8, max_session_s=3000) is None
+    (probe,) = (json.loads(f) for f in take(bridge.to_openai))
+    assert probe == {"type": "session.update", "session": {"type": "realtime"}}
+    bridge.realtime_event(server({"type": "session.updated", "session": {}}))  # alive
+    clock.now += 9
+    assert bridge.watch(stall_timeout_s=8, max_session_s=3000) is None
+    clock.now += 2
+    assert bridge.watch(stall_timeout_s=8, max_session_s=3000) is None
+    assert len(take(bridge.to_openai)) == 1  # the next probe, which nothing answers
+    clock.now += 8.5
+    assert bridge.watch(stall_timeout_s=8, max_session_s=3000) == "stalled"
+    bridge.session_lost("stalled")
+    bridge.session_opened()
+    last = json.loads(take(bridge.to_openai)[-1])
+    assert last["type"] == "response.create", "the agent owns up to the gap"
+    assert "repeat" in last["response"]["instructions"]
+
+
+def test_only_a_session_that_answered_and_lived_a_while_counts_as_working() -> None:
+    bridge, clock = started()
+    bridge.realtime_event(server({"type": "session.created", "session": {}}))
+    clock.now += 5
+    bridge.watch(stall_timeout_s=8, max_session_s=3000)
+    assert not bridge.session_working, "session.created alone is no answer"
+    bridge.realtime_event(server({"type": "session.updated", "session": {}}))
+    bridge.watch(stall_timeout_s=8, max_session_s=3000)
+    assert bridge.session_working
+    bridge.session_lost("closed with code 1011")
+    bridge.session_opened()
+    bridge.realtime_event(server({"type": "session.updated", "session": {}}))
+    clock.now += 1
+    bridge.watch(stall_timeout_s=8, max_session_s=3000)
+    assert not bridge.session_working, "one that dies at once does not end the outage"
 
 
 def test_rollover_waits_for_a_pause() -> None:

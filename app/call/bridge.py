@@ -21,7 +21,12 @@ from app.call.playback import BYTES_PER_MS, PlaybackTracker
 from app.call.tools import END_CALL, TRANSFER_CALL
 from app.call.transcript import CallInfo, Transcript, Turn
 from app.realtime import events as rt
-from app.realtime.session import AgentConfig, greeting_instructions, session_update
+from app.realtime.session import (
+    LIVENESS_PROBE,
+    AgentConfig,
+    greeting_instructions,
+    session_update,
+)
 from app.telephony.messages import (
     Dtmf,
     Mark,
@@ -43,6 +48,16 @@ SEED_PREFIX = "vb_seed_"  # ids of the past turns we re-tell a new session
 HELD_AUDIO_FRAMES = 150  # caller audio kept while the Realtime session reconnects: 3 s
 _SILENCE = b"\xff"  # μ-law silence
 
+
+# A session that answered its configuration and then lived this long (or completed a
+# response) worked: losing it starts a new outage. One that dies sooner does not stop
+# the clock of the outage it was meant to end.
+WORKING_AFTER_S = 3.0
+PROBE_AFTER_S = 2.0  # a session this quiet is asked for a sign of life (at most)
+STALL_CHECK_IN = (
+    "The phone line dropped for a few seconds. If the caller was in the middle of saying "
+    "something, say so in a few words and ask them to repeat it; otherwise carry on."
+)
 
 TIME_LIMIT_GOODBYE = (
     "The call has reached its time limit. Tell the caller so in one short sentence and say goodbye."
@@ -72,16 +87,20 @@ class CallBridge:
     __slots__ = (
         "_agent_items",
         "_audio_item",
-        "_awaiting_since",
+        "_awaiting",
         "_caller_speaking",
         "_clock",
+        "_configured",
         "_connected",
         "_cut_items",
         "_deferred_response",
+        "_events",
         "_held_audio",
         "_lost_at_ms",
         "_next_timestamp",
+        "_owed",
         "_responding",
+        "_seen",
         "_session_started_at",
         "_started_at",
         "_time_limit_reached",
@@ -93,7 +112,7 @@ class CallBridge:
         "frames_out",
         "pending_action",
         "playback",
-        "session_healthy",
+        "session_working",
         "sessions",
         "stopped",
         "to_openai",
@@ -122,11 +141,19 @@ class CallBridge:
         self.frames_out = 0
         # Realtime session state: several sessions may serve one call (reconnects, rollover).
         self.sessions = 0
-        self.session_healthy = False
+        self.session_working = False
         self._connected = False
+        self._configured = False  # the session answered its session.update
         self._session_started_at = 0.0
         self._held_audio: deque[str] = deque(maxlen=HELD_AUDIO_FRAMES)
-        self._awaiting_since: float | None = None
+        # Liveness: events counts every server event (one increment, the audio path's
+        # whole share); an answer is owed since (when, events then) until events moves.
+        self._events = 0
+        self._awaiting: tuple[float, int] | None = None
+        self._seen = (0.0, 0)  # when the watchdog last saw `_events` move, and its value
+        # The response the caller is waiting for (its instructions, "" for none), until
+        # one completes: a new session after a loss is asked for it again.
+        self._owed: str | None = None
         self._responding = False
         self._caller_speaking = False
         self._lost_at_ms: int | None = None
@@ -181,14 +208,16 @@ class CallBridge:
         now = self._clock()
         self.sessions += 1
         self._connected = True
-        self.session_healthy = False
+        self._configured = self.session_working = False
         self._session_started_at = now
+        self._awaiting = None
+        self._seen = (now, self._events)
         self._responding = self._caller_speaking = False
+        self._deferred_response = None  # what it asked for is owed, and asked for below
         self.to_openai.append(session_update(self.config))
-        self._awaiting_since = now
-        if not self.transcript.turns:
+        if self.sessions == 1:
             if self.config.greeting:  # nothing said yet: the agent opens the call
-                self._request_response(greeting_instructions(self.config.greeting))
+                self._owed = greeting_instructions(self.config.greeting)
         else:
             for n, turn in enumerate(self.transcript.spoken_turns()):
                 item_id = f"{SEED_PREFIX}{self.sessions}_{n}"
@@ -199,6 +228,8 @@ class CallBridge:
         # across a reconnect) reaches the model, not the void.
         self.to_openai.extend(self._held_audio)
         self._held_audio.clear()
+        if self._owed is not None:  # the greeting, or the answer the last session owed
+            self._request_response(self._owed)
 
     def session_lost(self, reason: str) -> None:
         """The Realtime socket is gone; caller audio is held (bounded) until the next one."""
@@ -206,9 +237,12 @@ class CallBridge:
             return
         assert self.transcript is not None
         self._connected = False
-        self._awaiting_since = None
+        self._awaiting = None
         self._lost_at_ms = self.now_ms()
         self.to_openai.clear()
+        if reason == "stalled" and self._owed is None:
+            # What the caller said to the silent session is lost: the agent says so.
+            self._owed = STALL_CHECK_IN
         self.transcript.note("realtime_lost", self._lost_at_ms, reason=reason)
 
     def give_up(self) -> None:
@@ -216,10 +250,41 @@ class CallBridge:
         assert self.transcript is not None
         self.transcript.note("realtime_unavailable", self.now_ms())
 
+    def watch(self, stall_timeout_s: float, max_session_s: float) -> str | None:
+        """The session watchdog's decision, asked a few times a second: "stalled" or
+        "rollover" when the session must be replaced, else None. A session that has been
+        quiet for a while is asked for a sign of life (queued in `to_openai`), so a
+        stall is also found while nobody is talking; one that has answered its
+        configuration and lived long enough is marked as working."""
+        if not self._connected:
+            return None
+        now = self._clock()
+        if self.stalled(stall_timeout_s):
+            return "stalled"
+        if self._configured and not self.session_working:
+            self.session_working = now - self._session_started_at >= WORKING_AFTER_S
+        seen_at, seen = self._seen
+        if self._events != seen:
+            self._seen = (now, self._events)
+        elif self._awaiting is None and now - seen_at >= min(PROBE_AFTER_S, stall_timeout_s / 2):
+            self.to_openai.append(LIVENESS_PROBE)
+            self._awaiting = (now, self._events)
+            self._seen = (now, seen)
+        return "rollover" if self.due_for_rollover(max_session_s) else None
+
     def stalled(self, timeout_s: float) -> bool:
-        """The session owes us an answer (to a session.update or a turn) for too long."""
-        since = self._awaiting_since
-        return since is not None and self._clock() - since > timeout_s
+        """The session owes us an answer (its configuration, a turn's, a sign of life)
+        for longer than `timeout_s`."""
+        now = self._clock()
+        if not self._configured:
+            return self._connected and now - self._session_started_at > timeout_s
+        awaiting = self._awaiting
+        if awaiting is None:
+            return False
+        if self._events != awaiting[1]:
+            self._awaiting = None  # answered
+            return False
+        return now - awaiting[0] > timeout_s
 
     def due_for_rollover(self, max_session_s: float) -> bool:
         """The session is near its lifetime limit and the conversation is at a pause, so
@@ -296,8 +361,7 @@ class CallBridge:
         transcript = self.transcript
         if transcript is None:
             return
-        self._awaiting_since = None  # any event proves the session is alive
-        self.session_healthy = True
+        self._events += 1  # any event proves the session is alive
         if isinstance(event, rt.AudioDelta):
             self._agent_audio(event, transcript)
         elif isinstance(event, rt.SpeechStarted):
@@ -307,7 +371,10 @@ class CallBridge:
                 self._barge_in(transcript)
         elif isinstance(event, rt.SpeechStopped):
             self._caller_speaking = False
-            self._awaiting_since = self._turn_ended_at = self._clock()
+            self._turn_ended_at = self._clock()
+            self._awaiting = (self._turn_ended_at, self._events)
+            if self._owed is None:
+                self._owed = ""  # the server's VAD asks for the answer itself
         elif isinstance(event, rt.ResponseCreated):
             self._responding = True
         elif isinstance(event, rt.InputTranscriptCompleted):
@@ -321,12 +388,17 @@ class CallBridge:
         elif isinstance(event, rt.ResponseDone):
             self._close_audio_group()  # so we learn when the response's last words played
             self._responding = False
+            if event.response.status in ("completed", "cancelled"):
+                self._owed = None  # answered, or the caller cut in (and is owed anew)
+                self.session_working = self._configured
             self._count_usage(event.response, transcript)
             if self._deferred_response is not None:
                 instructions, self._deferred_response = self._deferred_response, None
                 self._request_response(instructions)
         elif isinstance(event, rt.FunctionCallArgumentsDone):
             self._function_call(event, transcript)
+        elif isinstance(event, rt.SessionUpdated):
+            self._configured = True
 
     # Tools and call control --------------------------------------------------------
 
@@ -360,7 +432,10 @@ class CallBridge:
             self._request_response()
 
     def _request_response(self, instructions: str = "") -> None:
-        """Ask for a response now, or right after the active one (the API refuses two)."""
+        """Ask for a response now, or right after the active one (the API refuses two).
+        It is owed until one completes: a session lost meanwhile is replaced by one
+        that is asked again."""
+        self._owed = instructions
         if self._responding:
             self._deferred_response = instructions
         else:

@@ -46,6 +46,10 @@ from app.telephony.signatures import InvalidToken, StreamTokens, webhook_signatu
 log = logging.getLogger("voicebridge.call")
 
 START_TIMEOUT_S = 10.0
+# Sessions lost (not rolled over) in one call before it ends with the apology: a network
+# that keeps failing gets no endless loop of new sessions.
+MAX_SESSION_LOSSES = 20
+GIVE_UP = "give up"  # a session that never worked outlived the outage's deadline
 TRANSCRIPTION_GRACE_S = 0.8  # after hang-up, wait this long at most for the last caller text
 WATCH_INTERVAL_S = 0.25
 
@@ -190,6 +194,7 @@ class _LiveCall:
     # A fixed layout: attribute reads on the audio path stay fast.
     __slots__ = (
         "_loop",
+        "_outage",
         "_tasks",
         "_twilio_over",
         "_warned",
@@ -217,6 +222,7 @@ class _LiveCall:
         self._warned: set[str] = set()
         self._watch_timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
+        self._outage = _Outage(self._loop, services.settings.realtime_reconnect_timeout_s)
         # Done when Twilio's side is over: `stop`, the socket closed, or a failure.
         self._twilio_over: asyncio.Future[None] = self._loop.create_future()
 
@@ -224,15 +230,12 @@ class _LiveCall:
         self.socket.listen(self._from_twilio)
         reader = asyncio.create_task(self.socket.until_closed())
         reader.add_done_callback(lambda _: self._end_twilio_side())
-        outage_since = self._loop.time()
+        outage, losses = self._outage, 0
         try:
             while not self._twilio_over.done():
-                deadline = outage_since + self.settings.realtime_reconnect_timeout_s
-                realtime = await self._connect(deadline)
+                realtime = await self._connect()
                 if realtime is None:
-                    log.error("giving up on OpenAI Realtime; ending the call")
-                    self.bridge.give_up()
-                    self.outcome = "realtime_unavailable"
+                    self._give_up()
                     break
                 self.realtime = realtime
                 self.bridge.session_opened()
@@ -244,8 +247,18 @@ class _LiveCall:
                     await realtime.close()
                 if reason is None:
                     break
-                if self.bridge.session_healthy:
-                    outage_since = self._loop.time()  # a working session resets the clock
+                if reason == GIVE_UP:
+                    self._give_up()
+                    break
+                if self.bridge.session_working:
+                    outage.begin()  # reconnect at once; the clock starts now
+                else:
+                    outage.failed()  # it did not end the outage: back off, clock runs on
+                losses += reason != "rollover"
+                if losses > MAX_SESSION_LOSSES:
+                    log.error("%d Realtime sessions lost in this call", losses)
+                    self._give_up()
+                    break
                 log.warning("Realtime session lost (%s); opening a new one", reason)
                 self.bridge.session_lost(reason)
         finally:
@@ -259,25 +272,30 @@ class _LiveCall:
         self.bridge.time_limit_reached()
         self._send_openai()
 
-    async def _connect(self, deadline: float) -> RealtimeConnection | None:
-        """Open a Realtime session, retrying with backoff until `deadline`; None when
-        OpenAI stays unreachable (the caller then hears the apology, not silence)."""
-        loop = asyncio.get_running_loop()
-        delay = 0.2
-        while True:
+    def _give_up(self) -> None:
+        log.error("giving up on OpenAI Realtime; ending the call")
+        self.bridge.give_up()
+        self.outcome = "realtime_unavailable"
+
+    async def _connect(self) -> RealtimeConnection | None:
+        """Open a Realtime session, retrying with backoff until the outage's deadline;
+        None when OpenAI stays unreachable (the caller then hears the apology, not
+        silence)."""
+        outage = self._outage
+        while await outage.wait():
             try:
-                return await connect_realtime(self.settings)
+                return await connect_realtime(self.settings, outage.time_left())
             except InvalidStatus as error:
                 status = error.response.status_code
                 log.error("OpenAI refused the Realtime session: HTTP %d", status)
                 if status in (401, 403, 404):
                     return None  # a wrong key or model does not get better by retrying
             except (OSError, TimeoutError, InvalidHandshake) as error:
-                log.error("could not reach OpenAI Realtime: %s", error)
-            if self.bridge.stopped or loop.time() + delay > deadline:
+                log.error("could not reach OpenAI Realtime: %s", error or type(error).__name__)
+            if self.bridge.stopped:
                 return None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            outage.failed()
+        return None
 
     async def _serve_session(self, realtime: RealtimeConnection) -> str | None:
         """Bridge until the call ends (None) or the session must be replaced (the reason)."""
@@ -309,11 +327,14 @@ class _LiveCall:
         try:
             if bridge.now_ms() >= settings.max_call_seconds * 1000:
                 bridge.time_limit_reached()
-                self._send_openai()
-            if bridge.stalled(settings.realtime_stall_timeout_s):
-                replace_session.set_result("stalled")
-            elif bridge.due_for_rollover(settings.realtime_session_max_s):
-                replace_session.set_result("rollover")
+            verdict = bridge.watch(
+                settings.realtime_stall_timeout_s, settings.realtime_session_max_s
+            )
+            self._send_openai()
+            if verdict is None and not bridge.session_working and self._outage.time_left() <= 0:
+                verdict = GIVE_UP
+            if verdict is not None:
+                replace_session.set_result(verdict)
         except Exception:
             self._fail("the session watchdog")
         if not replace_session.done():
@@ -460,6 +481,40 @@ class _LiveCall:
                 "agent answered",
                 extra={"latency_ms": turn.latency_ms, "bridge_ms": turn.bridge_ms},
             )
+
+
+class _Outage:
+    """The time since OpenAI last gave the call a working session, and the backoff
+    between attempts to get one: the call gives up `timeout_s` after the outage began,
+    however many sessions opened and died meanwhile."""
+
+    FIRST_DELAY_S = 0.2
+    MAX_DELAY_S = 2.0
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
+        self._loop = loop
+        self._timeout_s = timeout_s
+        self.begin()
+
+    def begin(self) -> None:
+        """A working session was lost (or the call starts): try at once."""
+        self._deadline = self._loop.time() + self._timeout_s
+        self._delay = 0.0
+
+    def failed(self) -> None:
+        """An attempt failed: wait longer before the next one."""
+        self._delay = min(max(self._delay * 2, self.FIRST_DELAY_S), self.MAX_DELAY_S)
+
+    def time_left(self) -> float:
+        return self._deadline - self._loop.time()
+
+    async def wait(self) -> bool:
+        """Sleep out the backoff; False when the next attempt would start past the
+        deadline."""
+        if self._delay >= self.time_left():
+            return False
+        await asyncio.sleep(self._delay)
+        return True
 
 
 async def drain(services: CallServices, timeout_s: float, wrap_up_s: float) -> None:

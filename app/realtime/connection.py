@@ -277,7 +277,10 @@ class RealtimeConnection(asyncio.Protocol):
     def _closed_error(self) -> ConnectionClosed:
         if self._protocol.state is CLOSED:
             return self._protocol.close_exc
-        return ConnectionClosed(self._protocol.close_rcvd, self._protocol.close_sent)
+        protocol = self._protocol  # closing: the FIN may follow the close frames late
+        return ConnectionClosed(
+            protocol.close_rcvd, protocol.close_sent, protocol.close_rcvd_then_sent
+        )
 
     def _check_alive(self) -> None:
         if not self._open or self._transport is None:
@@ -298,10 +301,12 @@ class RealtimeConnection(asyncio.Protocol):
         await self._opened
 
 
-async def connect_realtime(settings: Settings) -> RealtimeConnection:
+async def connect_realtime(
+    settings: Settings, timeout_s: float = CONNECT_TIMEOUT_S
+) -> RealtimeConnection:
     """Open a Realtime session's socket. Raises OSError or TimeoutError when OpenAI can't
-    be reached in `CONNECT_TIMEOUT_S`, InvalidHandshake (InvalidStatus for an HTTP
-    refusal, with its status code) when it won't take us."""
+    be reached and answer the handshake in `timeout_s`, InvalidHandshake (InvalidStatus
+    for an HTTP refusal, with its status code) when it won't take us."""
     uri = parse_uri(settings.realtime_url)
     protocol = ClientProtocol(uri, max_size=MAX_MESSAGE_BYTES)
     request = protocol.connect()
@@ -309,7 +314,7 @@ async def connect_realtime(settings: Settings) -> RealtimeConnection:
     request.headers["User-Agent"] = USER_AGENT
     protocol.send_request(request)
     loop = asyncio.get_running_loop()
-    async with asyncio.timeout(CONNECT_TIMEOUT_S):
+    async with asyncio.timeout(timeout_s):
         _, connection = await loop.create_connection(
             lambda: RealtimeConnection(protocol),
             uri.host,

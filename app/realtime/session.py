@@ -71,6 +71,12 @@ def session_update(config: AgentConfig) -> str:
     return encode({"type": "session.update", "session": session})
 
 
+LIVENESS_PROBE = encode({"type": "session.update", "session": {"type": "realtime"}})
+"""Changes nothing, and every live session answers it (`session.updated`): asked when a
+session has been quiet a while, so one that keeps its socket alive but stopped working
+is found out instead of leaving the caller in dead air."""
+
+
 def greeting_instructions(greeting: str) -> str:
     """Instructions for the first response, so the agent opens with the greeting."""
     return f"Greet the caller by saying exactly this, then wait for them: {greeting}"

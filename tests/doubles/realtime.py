@@ -462,6 +462,7 @@ class _Connection:
         self.active: _Active | None = None
         self.audio_output_started = False
         self.warned: set[str] = set()
+        self.muted = False
         # VAD state, in bytes of μ-law audio appended to this session
         self.vad_pos = 0
         self.vad_rest = b""
@@ -501,9 +502,19 @@ class _Connection:
             self.double._internal_error(exc)
 
     async def send(self, event: JSON) -> None:
+        double = self.double
+        if self.muted:
+            return
         event = {"event_id": _new_id("event"), **event}
         self.record.sent.append(event)
         await self.ws.send(json.dumps(event))
+        sent = len(self.record.sent)
+        if double.answer_events is not None and sent >= double.answer_events:
+            self.muted = True
+        if double.close_after_events is not None and sent >= double.close_after_events:
+            self.muted = True
+            self.record.dropped = True
+            self.spawn(self.ws.close(1011, "internal server error"))
 
     async def error(
         self,
@@ -1319,6 +1330,9 @@ class RealtimeDouble:
     - `drop_after_s` / `drop_every`: close with 1011 this long after connect (first
       connection only, or every one).
     - `stall`: accept, record what arrives, never send anything.
+    - `answer_events`: each connection sends this many events, then goes quiet for good
+      (it still answers pings: the socket looks alive); `mute()` quiets the live ones now.
+    - `close_after_events`: each connection closes (1011) right after this many events.
     """
 
     def __init__(
@@ -1341,6 +1355,8 @@ class RealtimeDouble:
         drop_after_s: float | None = None,
         drop_every: bool = False,
         stall: bool = False,
+        answer_events: int | None = None,
+        close_after_events: int | None = None,
     ) -> None:
         self.host = host
         self._port = port
@@ -1359,6 +1375,8 @@ class RealtimeDouble:
         self.drop_after_s = drop_after_s
         self.drop_every = drop_every
         self.stall = stall
+        self.answer_events = answer_events
+        self.close_after_events = close_after_events
 
         self.sessions: list[SessionRecord] = []
         self.violations: list[str] = []
@@ -1371,6 +1389,12 @@ class RealtimeDouble:
         self._live: set[_Connection] = set()
 
     # ----------------------------------------------------------------- lifecycle
+
+    def mute(self) -> None:
+        """Every open connection stops sending (fault injection: a backend that hangs
+        behind a socket that still answers pings)."""
+        for conn in self._live:
+            conn.muted = True
 
     async def drop(self, code: int = 1011, reason: str = "internal server error") -> None:
         """Close every open connection now, as a failing server would (fault injection)."""
