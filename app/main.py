@@ -45,7 +45,6 @@ from app.telephony.rest import create_client
 from app.telephony.signatures import StreamTokens, webhook_signature_valid
 
 log = logging.getLogger("voicebridge.app")
-refusals = RateLimitedLog(log)
 
 NOT_CONFIGURED = "Sorry, this line is not set up yet. Please try again later. Goodbye."
 ALL_LINES_BUSY = "Sorry, all our lines are busy right now. Please call again in a few minutes."
@@ -160,6 +159,7 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
             "Use this for local experiments only."
         )
     active: dict[str, Any] = {}
+    refusals = RateLimitedLog(log)
     services = CallServices(
         settings,
         store or open_store(settings),

@@ -181,7 +181,7 @@ class RequestTimeoutProtocol(H11Protocol):
         self._request_timer = None
         if not self.transport.is_closing():
             _slow_requests.warning(
-                "closed a connection whose request took over %.0f s", self.REQUEST_TIMEOUT_S
+                "closed a connection whose request took over %g s", self.REQUEST_TIMEOUT_S
             )
             self.transport.close()
 
