@@ -27,7 +27,7 @@ from twilio.request_validator import RequestValidator
 
 T = TypeVar("T")
 
-TOKEN_MEMORY = 10_000  # entries per memory: ~2 MB each at most (README, "Security and limits")
+TOKEN_MEMORY = 10_000  # entries per memory: 3 MB each at most (README, "Security and limits")
 ANSWERED_MEMORY_S = 24 * 3600  # a replayed voice webhook gets no token for this long
 _EXPIRY = re.compile(r"[0-9]{1,12}")  # seconds since 1970: 12 digits last until year 33658
 
