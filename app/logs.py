@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import math
 import re
+import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -126,3 +128,23 @@ def logging_config(level: str = "INFO", fmt: str = "text") -> dict[str, Any]:
 
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     logging.config.dictConfig(logging_config(level, fmt))
+
+
+class RateLimitedLog:
+    """Each kind of warning (its message template) at most once per `interval_s`, with a
+    count of the ones held back: a flood of bad requests cannot flood the logs."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
+        self._logger = logger
+        self.interval_s = interval_s
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def warning(self, message: str, *args: object, extra: dict[str, Any] | None = None) -> None:
+        now = time.monotonic()
+        last, held_back = self._seen.get(message, (-math.inf, 0))
+        if now - last < self.interval_s:
+            self._seen[message] = (last, held_back + 1)
+            return
+        self._seen[message] = (now, 0)
+        fields = {**(extra or {}), **({"held_back": held_back} if held_back else {})}
+        self._logger.warning(message, *args, extra=fields)

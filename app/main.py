@@ -26,7 +26,8 @@ from twilio.base.exceptions import TwilioRestException
 from app.call.media_socket import MediaStreamSocket
 from app.call.stream import CallServices, handle_media_stream
 from app.call.tools import Tool, ToolsError, builtin_tools, load_tools
-from app.logs import call_sid_var
+from app.http_limits import CLOSE, MAX_BODY_BYTES, read_body, read_form
+from app.logs import RateLimitedLog, call_sid_var
 from app.metrics import CONTENT_TYPE, Metrics
 from app.settings import Settings, SettingsError, load_settings
 from app.storage.base import BackgroundDelivery, TranscriptNotFound, TranscriptStore, check_call_sid
@@ -158,6 +159,7 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
             "Use this for local experiments only."
         )
     active: dict[str, Any] = {}
+    refusals = RateLimitedLog(log)
     services = CallServices(
         settings,
         store or open_store(settings),
@@ -174,30 +176,37 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
         """The webhook's form fields, once `X-Twilio-Signature` proves Twilio sent them.
 
         The signed URL is rebuilt from PUBLIC_BASE_URL, never from the Host header, which
-        proxies and tunnels rewrite.
+        proxies and tunnels rewrite. Without a signature the body is not even read; with
+        one, the form is bounded (`read_form`) before it is parsed and checked.
         """
-        form = await request.form()
-        params = {key: str(value) for key, value in form.items()}
-        if not settings.twilio_validate_signatures:
+        validate = settings.twilio_validate_signatures
+        signature = request.headers.get("x-twilio-signature")
+        params = await read_form(request) if signature or not validate else {}
+        if not validate:
             return params
         assert settings.twilio_auth_token is not None  # serving_problems() guarantees it
         query = f"?{request.url.query}" if request.url.query else ""
         url = f"{settings.public_base_url}{request.url.path}{query}"
-        signature = request.headers.get("x-twilio-signature")
         if not webhook_signature_valid(
             settings.twilio_auth_token.get_secret_value(), url, params, signature
         ):
-            log.warning(
+            refusals.warning(
                 "rejected a webhook with a %s Twilio signature",
                 "bad" if signature else "missing",
                 extra={"path": request.url.path},
             )
-            raise PermissionDeniedException("invalid Twilio signature")
+            raise PermissionDeniedException("invalid Twilio signature", headers=CLOSE)
         return params
 
     @post("/twilio/voice", media_type=MediaType.XML, status_code=200)
     async def voice_webhook(request: Request[Any, Any, Any]) -> str:
-        """Twilio asks what to do with a call: open a bidirectional media stream."""
+        """Twilio asks what to do with a call: open a bidirectional media stream.
+
+        A call this machine already answered gets no second token: the request is a replay
+        (Twilio asks once per call), so the answer is TwiML that hangs up. Not a 4xx: were
+        it Twilio asking, an error would make it play its "application error" message and
+        try the fallback URL, while `<Hangup/>` simply ends the call.
+        """
         form = await twilio_form(request)
         stream_url = settings.stream_url
         if stream_url is None:
@@ -217,7 +226,11 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
             if form.get("Direction", "").startswith("outbound")
             else "inbound",
         }
-        parameters["token"] = services.tokens.issue(call_sid, signed_payload(parameters))
+        token = services.tokens.issue_once(call_sid, signed_payload(parameters))
+        if token is None:
+            refusals.warning("no second stream token for an answered call: hanging up")
+            return twiml.hang_up()
+        parameters["token"] = token
         action = f"{settings.public_base_url}/twilio/stream-ended"
         return twiml.connect_stream(stream_url, parameters, action_url=action)
 
@@ -270,7 +283,7 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
         "metadata"?}` with `Authorization: Bearer API_TOKEN`."""
         _authorize(request, settings)
         try:
-            body = PlaceCallBody.model_validate_json(await request.body())
+            body = PlaceCallBody.model_validate_json(await read_body(request))
             to = check_number(body.to, settings.outbound_allowed_prefixes)
         except (ValidationError, OutboundError) as error:
             raise ClientException(_first_error(error)) from None
@@ -320,6 +333,7 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
         ],
         lifespan=[_transcript_delivery(services.store, settings.transcript_flush_timeout_s)],
         debug=False,
+        request_max_body_size=MAX_BODY_BYTES,
         logging_config=None,  # ours (app.logs), with the CallSid on every line
         after_exception=[_log_exception],
     )

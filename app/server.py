@@ -15,20 +15,23 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import h11
 import uvicorn
 from litestar import Litestar
 from uvicorn._types import ASGIReceiveEvent
+from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 from websockets.protocol import OPEN
 
 from app.call.media_socket import DIRECT_TEXT, OnText
 from app.call.stream import CallServices, drain
-from app.logs import logging_config
+from app.logs import RateLimitedLog, logging_config
 from app.settings import Settings
 from app.wsframes import FrameSplitter, FrameWriter
 
 log = logging.getLogger("voicebridge.server")
+_slow_requests = RateLimitedLog(log)
 _frames = FrameWriter(masked=False)
 
 
@@ -141,13 +144,67 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
             self.transport.pause_reading()
 
 
+class RequestTimeoutProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, closing a connection whose request (head and body) has
+    not arrived in full `REQUEST_TIMEOUT_S` after its first byte, or after the connection
+    opened: uvicorn only times idle keep-alive connections, so a client that never finishes
+    a request (slowloris) would hold its connection, and a slot of `max_concurrent_calls`'
+    worth of file descriptors, forever. WebSocket upgrades are timed until the switch.
+    """
+
+    REQUEST_TIMEOUT_S = 10.0
+    _request_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._time_request()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._time_request()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_timer()
+        super().connection_lost(exc)
+
+    def _time_request(self) -> None:
+        """Time a request while it is being received; not while the app answers it, nor
+        while the connection idles between requests (uvicorn's keep-alive timer's job)."""
+        receiving = self.conn.their_state in (h11.IDLE, h11.SEND_BODY)
+        upgraded = self.transport.get_protocol() is not self  # a WebSocket's now
+        if not receiving or upgraded or self.transport.is_closing():
+            self._stop_timer()
+        elif self._request_timer is None:
+            self._request_timer = self.loop.call_later(self.REQUEST_TIMEOUT_S, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._request_timer = None
+        if not self.transport.is_closing():
+            _slow_requests.warning(
+                "closed a connection whose request took over %g s", self.REQUEST_TIMEOUT_S
+            )
+            self.transport.close()
+
+    def _stop_timer(self) -> None:
+        if self._request_timer is not None:
+            self._request_timer.cancel()
+            self._request_timer = None
+
+
 UVICORN_OPTIONS: dict[str, Any] = {  # production's, which the tests' servers use too
+    "http": RequestTimeoutProtocol,
+    "h11_max_incomplete_event_size": 16 * 1024,  # a request head over 16 KiB: 400
+    "timeout_keep_alive": 5,  # seconds an idle keep-alive connection stays open
     "ws": MediaStreamProtocol,
     "ws_max_size": 64 * 1024,  # Twilio frames are ~300 bytes; a flood is refused early
     "ws_per_message_deflate": False,  # base64 audio barely compresses; deflate only costs
-    "proxy_headers": True,  # Fly's proxy and ngrok forward the client's address
-    "forwarded_allow_ips": "*",
+    "proxy_headers": True,  # Fly's proxy and ngrok forward the client's address…
 }
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """…which is believed only from the proxies in FORWARDED_ALLOW_IPS."""
+    return UVICORN_OPTIONS | {"forwarded_allow_ips": settings.forwarded_allow_ips}
 
 
 class DrainingServer(uvicorn.Server):
@@ -183,7 +240,7 @@ class DrainingServer(uvicorn.Server):
 
 def run(app: Litestar, settings: Settings, host: str, port: int) -> None:
     """Production: one process, drained on SIGTERM/SIGINT."""
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, **UVICORN_OPTIONS)
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, **uvicorn_options(settings))
     services: CallServices = app.state.services
     DrainingServer(config, services, settings).run()
 
@@ -199,5 +256,5 @@ def run_reloading(settings: Settings, host: str, port: int) -> None:
         host=host,
         port=port,
         log_config=logging_config(settings.log_level, settings.log_format),
-        **UVICORN_OPTIONS,
+        **uvicorn_options(settings),
     )

@@ -7,6 +7,7 @@ message that lists every problem and how to fix it (`SettingsError`), never a tr
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -57,6 +58,7 @@ HINTS: dict[str, str] = {
     ),
     "NGROK_DOMAIN": "a domain of your ngrok account (https://dashboard.ngrok.com/domains)",
     "NGROK_PATH": "an ngrok agent executable on disk; unset, pyngrok finds or downloads one",
+    "FORWARDED_ALLOW_IPS": "the proxies to believe X-Forwarded-For from, e.g. 127.0.0.1,::1",
 }
 
 
@@ -162,6 +164,7 @@ class Settings(StorageSettings):
 
     max_concurrent_calls: Annotated[int, Field(ge=1)] = 100
     max_call_seconds: Annotated[int, Field(ge=1)] = 7200
+    forwarded_allow_ips: str = "127.0.0.1,::1"
 
     ngrok_authtoken: SecretStr | None = None
     ngrok_domain: str | None = None
@@ -208,6 +211,19 @@ class Settings(StorageSettings):
                 ):
                     raise ValueError(f"{prefix!r} is not a +country/prefix such as +1 or +4420")
         return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        """The proxies whose X-Forwarded-For/-Proto uvicorn believes: IPs, networks or *."""
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        for entry in entries:
+            if entry != "*":
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(f"{entry!r} is not an IP address, a network or *") from None
+        return ",".join(entries)
 
     @field_validator("agent_instructions_file")
     @classmethod

@@ -12,7 +12,7 @@ from typing import Any
 import uvicorn
 from litestar import Litestar
 
-from app.server import UVICORN_OPTIONS
+from app.server import uvicorn_options
 
 
 @dataclass
@@ -47,7 +47,7 @@ async def serve(app: Litestar, **options: Any) -> AsyncIterator[RunningServer]:
         port=port,
         log_config=None,
         lifespan="on",
-        **(UVICORN_OPTIONS | options),
+        **(uvicorn_options(app.state.services.settings) | options),
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

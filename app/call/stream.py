@@ -156,10 +156,12 @@ def _refusal(start: Start, services: CallServices) -> str | None:
     parameters = start.start.custom_parameters
     if services.settings.twilio_validate_signatures:
         # Inbound tokens are bound to the CallSid; outbound ones (issued before Twilio
-        # assigned one) to the call's reference. Both vouch for the call's parameters.
+        # assigned one) to the call's reference, and here to the CallSid it got. Both
+        # vouch for the call's parameters, and open one stream only.
         subject = parameters.get("ref") or call_sid
+        token = parameters.get("token")
         try:
-            services.tokens.verify(parameters.get("token"), subject, signed_payload(parameters))
+            services.tokens.redeem(token, subject, call_sid, signed_payload(parameters))
         except InvalidToken as error:
             return str(error)
     if call_sid in services.active:

@@ -70,9 +70,8 @@ def stream_parameters(call: OutboundCall, from_number: str, tokens: StreamTokens
     return parameters
 
 
-def outbound_twiml(call: OutboundCall, settings: Settings, tokens: StreamTokens) -> str:
-    assert settings.stream_url is not None and settings.twilio_phone_number is not None
-    parameters = stream_parameters(call, settings.twilio_phone_number, tokens)
+def outbound_twiml(parameters: Mapping[str, str], settings: Settings) -> str:
+    assert settings.stream_url is not None
     action = f"{settings.public_base_url}/twilio/stream-ended"
     document = twiml.connect_stream(settings.stream_url, parameters, action_url=action)
     if len(document) > TWIML_LIMIT:
@@ -95,10 +94,12 @@ def place_call(client: Client, call: OutboundCall, settings: Settings, tokens: S
     ]
     if missing:
         raise OutboundError(f"set {' and '.join(missing)} to place calls")
+    assert settings.twilio_phone_number is not None
+    parameters = stream_parameters(call, settings.twilio_phone_number, tokens)
     options: dict[str, Any] = {
         "to": call.to,
         "from_": settings.twilio_phone_number,
-        "twiml": outbound_twiml(call, settings, tokens),
+        "twiml": outbound_twiml(parameters, settings),
         "status_callback": f"{settings.public_base_url}/twilio/status",
         "status_callback_event": ["initiated", "ringing", "answered", "completed"],
         "status_callback_method": "POST",
@@ -113,7 +114,9 @@ def place_call(client: Client, call: OutboundCall, settings: Settings, tokens: S
         options["async_amd_status_callback"] = f"{settings.public_base_url}/twilio/amd"
         options["async_amd_status_callback_method"] = "POST"
     created = client.calls.create(**options)
-    return str(created.sid)
+    call_sid = str(created.sid)
+    tokens.placed(parameters["ref"], call_sid)  # no other CallSid may use its token
+    return call_sid
 
 
 def call_instructions(parameters: Mapping[str, str]) -> str | None:

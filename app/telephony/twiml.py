@@ -31,3 +31,10 @@ def say_and_hang_up(message: str) -> str:
     response.say(message)
     response.hangup()
     return str(response.to_xml())
+
+
+def hang_up() -> str:
+    """End the call at once, saying nothing."""
+    response = VoiceResponse()
+    response.hangup()
+    return str(response.to_xml())
