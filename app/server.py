@@ -9,11 +9,14 @@ signal stops at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+import socket
+import struct
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import h11
 import uvicorn
@@ -34,6 +37,30 @@ log = logging.getLogger("voicebridge.server")
 _slow_requests = RateLimitedLog(log)
 _frames = FrameWriter(masked=False)
 
+MAX_WRITE_BUFFER = 512 * 1024  # ~45 s of agent audio; a peer that reads never nears it
+CLOSE_TIMEOUT_S = 2.0  # for the peer's close frame, then again for it to read the rest
+SHUTDOWN_TIMEOUT_S = 5  # after the drain (its calls are over, their sockets closing)
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets, the kernel keeps nothing
+
+
+class _Transport:
+    """A connection's transport that tells its protocol when it is asked to close:
+    asyncio's close waits until the peer has read everything, which a peer that doesn't
+    read never does. The rest is the transport's own (`write` bound once: no extra call
+    per frame)."""
+
+    def __init__(self, transport: asyncio.Transport, on_close: Callable[[], None]) -> None:
+        self._transport = transport
+        self._on_close = on_close
+        self.write = transport.write
+
+    def close(self) -> None:
+        self._transport.close()
+        self._on_close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
 
 class MediaStreamProtocol(WebSocketsSansIOProtocol):
     """uvicorn's WebSocket protocol with a short path for the audio.
@@ -47,11 +74,50 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
       bounds what a fast sender can make us hold.
     - Whole single-frame text messages (all of Twilio's) are cut from the stream and
       written by `app.wsframes`; everything else is uvicorn's and websockets' as before.
+    - What a peer doesn't read is bounded: past `MAX_WRITE_BUFFER` (our audio, pongs,
+      close frames: every write), and `CLOSE_TIMEOUT_S` after a close it doesn't finish,
+      the peer is reset. Before `start` a socket thus holds at most that write buffer,
+      `MAX_QUEUED` messages of `ws_max_size` and one read (256 KiB): under 3 MiB.
     """
 
     MAX_QUEUED = 32
     _splitter: FrameSplitter | None = None
     _on_text: OnText | None = None
+    _drop_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.close_timeout = CLOSE_TIMEOUT_S  # uvicorn's wait for the peer's close frame
+        # Writes are never paused: going over the mark drops the peer (`pause_writing`).
+        self.transport.set_write_buffer_limits(high=MAX_WRITE_BUFFER)
+        self.transport = cast("asyncio.Transport", _Transport(self.transport, self._closing))
+
+    def pause_writing(self) -> None:
+        """More than `MAX_WRITE_BUFFER` waits for a peer that doesn't read."""
+        log.warning("dropping a WebSocket peer that does not read what we send")
+        self._drop()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._drop_timer is not None:
+            self._drop_timer.cancel()
+        super().connection_lost(exc)
+
+    def handle_ping(self) -> None:
+        if not self.disconnected:  # (the rest of a flood that got the peer dropped)
+            super().handle_ping()
+
+    def _closing(self) -> None:
+        if self._drop_timer is None and not self.disconnected:
+            self._drop_timer = self.loop.call_later(CLOSE_TIMEOUT_S, self._drop)
+
+    def _drop(self) -> None:
+        """Reset the connection: neither we nor the kernel keep what the peer left unread."""
+        self.disconnected = True  # nothing more is written; `connection_lost` follows
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        self.transport.abort()
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -75,8 +141,7 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
             self.transport.resume_reading()
 
     def send_texts(self, texts: Sequence[str]) -> None:
-        """`DirectText.send_texts`. Written even while the transport is paused: it
-        buffers, and the agent's audio is bounded by the model's real-time output."""
+        """`DirectText.send_texts`: buffered by the transport, up to `MAX_WRITE_BUFFER`."""
         if self.conn.state is OPEN and not self.close_sent and not self.disconnected:
             self.transport.write(_frames.frames(texts))
 
@@ -239,8 +304,16 @@ class DrainingServer(uvicorn.Server):
 
 
 def run(app: Litestar, settings: Settings, host: str, port: int) -> None:
-    """Production: one process, drained on SIGTERM/SIGINT."""
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, **uvicorn_options(settings))
+    """Production: one process, drained on SIGTERM/SIGINT; after the drain, uvicorn's
+    own shutdown gets `SHUTDOWN_TIMEOUT_S` for what is left."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        timeout_graceful_shutdown=SHUTDOWN_TIMEOUT_S,
+        **uvicorn_options(settings),
+    )
     services: CallServices = app.state.services
     DrainingServer(config, services, settings).run()
 

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from app.call.bridge import CallBridge
+from app.call.bridge import LAST_WORDS_GRACE_S, LAST_WORDS_MAX_S, CallAction, CallBridge
 from app.realtime import events as rt
 from app.realtime.session import AgentConfig
 from app.telephony.messages import MessageError, parse_message
@@ -397,6 +397,34 @@ def test_the_time_limit_goodbye_waits_for_the_active_response() -> None:
     (goodbye,) = (json.loads(f) for f in take(bridge.to_openai))
     assert "time limit" in goodbye["response"]["instructions"]
     assert bridge.due_action() is None  # not before the goodbye has been said and heard
+
+
+def saying_goodbye(audio_s: int) -> tuple[CallBridge, Clock]:
+    """At the time limit, with `audio_s` of goodbye sent at once (as the model sends it,
+    faster than real time) and never echoed as played."""
+    bridge, clock = started(AgentConfig("m", "i", "ash", "", "whisper-1"))
+    bridge.time_limit_reached()
+    bridge.realtime_event(server({"type": "response.created", "response": {"id": "r"}}))
+    for _ in range(audio_s * 4):
+        bridge.realtime_event(audio_delta("item_bye", 2000))  # 250 ms: exact sums
+    return bridge, clock
+
+
+def test_without_mark_echoes_the_hang_up_waits_for_the_goodbye_to_have_played() -> None:
+    """A Twilio side that stops reading echoes no marks: the hang-up is due once the
+    goodbye should have played in real time, plus a grace; never later than the cap."""
+    bridge, clock = saying_goodbye(2)
+    bridge.realtime_event(server({"type": "response.done", "response": {"id": "r"}}))
+    clock.now += 2 + LAST_WORDS_GRACE_S - 0.25
+    assert bridge.due_action() is None
+    clock.now += 0.25
+    assert bridge.due_action() == CallAction("hang_up")
+
+    bridge, clock = saying_goodbye(2)
+    clock.now += LAST_WORDS_MAX_S - 0.25
+    assert bridge.due_action() is None  # the response is still going
+    clock.now += 0.25  # and never ends
+    assert bridge.due_action() == CallAction("hang_up")
 
 
 def test_caller_audio_before_the_first_session_opens_reaches_the_model() -> None:

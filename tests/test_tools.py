@@ -86,7 +86,7 @@ async def test_end_call_on_a_call_that_is_already_over_is_fine(
         twilio_rest.forget_call(caller.call_sid)
         await caller.say(audio.load("caller_interrupt"))
         await call_updated(realtime, twilio_rest, caller.call_sid)
-        await caller.pause(0.3)
+        await caller.wait_closed(timeout=5)  # after a hang-up the stream is ended too
     assert "already ended" in caplog.text
     assert "could not" not in caplog.text
 

@@ -58,6 +58,11 @@ STALL_CHECK_IN = (
     "The phone line dropped for a few seconds. If the caller was in the middle of saying "
     "something, say so in a few words and ask them to repeat it; otherwise carry on."
 )
+# A hang-up or transfer waits for the agent's last words to be heard, per Twilio's mark
+# echoes; from a peer that doesn't echo them, for their real-time length plus a grace
+# (network and jitter), and never longer than the cap.
+LAST_WORDS_GRACE_S = 2.0
+LAST_WORDS_MAX_S = 15.0
 
 TIME_LIMIT_GOODBYE = (
     "The call has reached its time limit. Tell the caller so in one short sentence and say goodbye."
@@ -96,6 +101,7 @@ class CallBridge:
         "_deferred_response",
         "_events",
         "_held_audio",
+        "_last_words_until",
         "_lost_at_ms",
         "_next_timestamp",
         "_owed",
@@ -164,6 +170,7 @@ class CallBridge:
         self._deferred_response: str | None = None  # instructions ("" for none) to send next
         # A hang-up or transfer the agent asked for, done once its last words have played.
         self.pending_action: CallAction | None = None
+        self._last_words_until = 0.0  # the latest `pending_action` waits
         self._time_limit_reached = False
 
     # Output ----------------------------------------------------------------------
@@ -411,10 +418,10 @@ class CallBridge:
             call_id=event.call_id,
         )
         if event.name == END_CALL:
-            self.pending_action = CallAction("hang_up")
+            self._act_after_last_words(CallAction("hang_up"))
             self.tool_result(event.call_id, event.name, '{"result": "the call ends now"}', False)
         elif event.name == TRANSFER_CALL:
-            self.pending_action = CallAction("transfer")
+            self._act_after_last_words(CallAction("transfer"))
             self.tool_result(event.call_id, event.name, '{"result": "transferring"}', False)
         else:
             self.tool_requests.append(ToolRequest(event.call_id, event.name, event.arguments))
@@ -448,16 +455,28 @@ class CallBridge:
             return
         self._time_limit_reached = True
         self.transcript.note("time_limit", self.now_ms())
-        self.pending_action = CallAction("hang_up")
+        self._act_after_last_words(CallAction("hang_up"))
         if self._connected:
             self._request_response(TIME_LIMIT_GOODBYE)
 
+    def _act_after_last_words(self, action: CallAction) -> None:
+        self.pending_action = action
+        self._last_words_until = self._clock() + LAST_WORDS_MAX_S
+
     def due_action(self) -> CallAction | None:
-        """The hang-up or transfer to carry out now: only once the agent's last words
-        (its goodbye, its "I'm transferring you") have been heard, per Twilio's marks."""
+        """The hang-up or transfer to carry out now: once the agent's last words (its
+        goodbye, its "I'm transferring you") have been heard, per Twilio's marks; or, if
+        Twilio does not echo them, once they should have been (`LAST_WORDS_GRACE_S`,
+        `LAST_WORDS_MAX_S`): a peer that stops reading must not keep the call up."""
         action = self.pending_action
-        if action is None or self._responding or self.playback.playing:
+        if action is None:
             return None
+        if self._responding or self.playback.playing:
+            deadline = self._last_words_until
+            if not self._responding:  # all of them sent: due once they should have played
+                deadline = min(deadline, self.playback.played_by + LAST_WORDS_GRACE_S)
+            if self._clock() < deadline:
+                return None
         self.pending_action = None
         return action
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 BYTES_PER_MS = 8  # μ-law, 8 kHz, one byte per sample
 MARK_EVERY_MS = 100
+_BYTES_PER_S = BYTES_PER_MS * 1000
 
 
 @dataclass(slots=True)
@@ -39,7 +40,15 @@ class PlaybackTracker:
     """Per-call record of audio queued at Twilio and heard by the caller."""
 
     # A fixed layout: attribute reads on the audio path stay fast.
-    __slots__ = ("_heard", "_last_echo_at", "_next_mark", "_open", "_pending", "_produced")
+    __slots__ = (
+        "_heard",
+        "_last_echo_at",
+        "_next_mark",
+        "_open",
+        "_pending",
+        "_produced",
+        "played_by",
+    )
 
     def __init__(self) -> None:
         self._pending: deque[_Group] = deque()  # marked, not yet echoed
@@ -48,10 +57,15 @@ class PlaybackTracker:
         self._heard: dict[str, int] = {}
         self._last_echo_at = 0.0
         self._next_mark = 0
+        # When what was sent will have played, if Twilio plays it in real time from its
+        # arrival: for a peer that does not echo marks, when to stop waiting for them.
+        self.played_by = 0.0
 
     def queued(self, item_id: str, size: int, now: float) -> str | None:
         """Record `size` bytes of `item_id` sent to Twilio; returns a mark to send after
         them once the group is long enough. Call `close_group` first when the item changes."""
+        played_by = self.played_by
+        self.played_by = (played_by if played_by > now else now) + size / _BYTES_PER_S
         start = self._produced.get(item_id, 0)
         self._produced[item_id] = start + size
         group = self._open
@@ -112,6 +126,7 @@ class PlaybackTracker:
         cuts = [Cut(item, self.heard_ms(item, now), self.produced_ms(item)) for item in items]
         self._pending.clear()
         self._open = None
+        self.played_by = now
         for cut in cuts:
             self._heard[cut.item_id] = cut.heard_ms * BYTES_PER_MS
         return cuts

@@ -50,6 +50,7 @@ START_TIMEOUT_S = 10.0
 # that keeps failing gets no endless loop of new sessions.
 MAX_SESSION_LOSSES = 20
 GIVE_UP = "give up"  # a session that never worked outlived the outage's deadline
+ENDING_TIMEOUT_S = 5.0  # after the drain: for the calls still live to hang up and save
 TRANSCRIPTION_GRACE_S = 0.8  # after hang-up, wait this long at most for the last caller text
 WATCH_INTERVAL_S = 0.25
 
@@ -122,9 +123,11 @@ async def handle_media_stream(socket: MediaStreamSocket, services: CallServices)
     try:
         await loops.run()
     finally:
-        services.active.pop(call.call_sid, None)
-        await _close(socket, NORMAL_CLOSURE)
-        await _finish(bridge, services, loops.outcome)
+        try:
+            await _close(socket, NORMAL_CLOSURE)
+            await _finish(bridge, services, loops.outcome)
+        finally:  # a call counts until its transcript is saved: the drain waits for that
+            services.active.pop(call.call_sid, None)
 
 
 def _agent_config(services: CallServices, parameters: dict[str, str]) -> AgentConfig:
@@ -279,6 +282,13 @@ class _LiveCall:
         self.bridge.give_up()
         self.outcome = "realtime_unavailable"
 
+    def end(self) -> None:
+        """The drain's deadline passed: hang up now, goodbye heard or not."""
+        if self._twilio_over.done():
+            return  # ending already
+        self.bridge.pending_action = None
+        self._start(self._control(CallAction("hang_up"), "drained"))
+
     async def _connect(self) -> RealtimeConnection | None:
         """Open a Realtime session, retrying with backoff until the outage's deadline;
         None when OpenAI stays unreachable (the caller then hears the apology, not
@@ -333,6 +343,8 @@ class _LiveCall:
                 settings.realtime_stall_timeout_s, settings.realtime_session_max_s
             )
             self._send_openai()
+            if bridge.pending_action is not None:  # due even if Twilio sends nothing
+                self._act()
             if verdict is None and not bridge.session_working and self._outage.time_left() <= 0:
                 verdict = GIVE_UP
             if verdict is not None:
@@ -457,23 +469,25 @@ class _LiveCall:
         if action is not None:
             self._start(self._control(action))
 
-    async def _control(self, action: CallAction) -> None:
+    async def _control(self, action: CallAction, outcome: str | None = None) -> None:
+        """Hang up or transfer through Twilio's REST API, then end the stream: after a
+        transfer Twilio does (`stop`), after a hang-up we do, in case Twilio's side of
+        the socket is past noticing."""
         call_sid = self.bridge.transcript.call.call_sid if self.bridge.transcript else ""
         control = self.services.control
-        self.outcome = "transferred" if action.kind == "transfer" else "ended_by_agent"
+        self.outcome = outcome or ("transferred" if action.kind == "transfer" else "ended_by_agent")
         if control is None:
             log.warning("no Twilio REST credentials: ending the stream instead of %s", action.kind)
-            await _close(self.socket, NORMAL_CLOSURE)
-            return
-        try:
-            if action.kind == "transfer":
-                number = self.settings.transfer_number or ""
-                await asyncio.to_thread(control.transfer, call_sid, number)
-            else:
+        else:
+            try:
+                if action.kind == "transfer":
+                    number = self.settings.transfer_number or ""
+                    await asyncio.to_thread(control.transfer, call_sid, number)
+                    return
                 await asyncio.to_thread(control.hang_up, call_sid)
-        except Exception as error:
-            log.error("Twilio could not %s the call: %s", action.kind.replace("_", " "), error)
-            await _close(self.socket, NORMAL_CLOSURE)
+            except Exception as error:
+                log.error("Twilio could not %s the call: %s", action.kind.replace("_", " "), error)
+        await _close(self.socket, NORMAL_CLOSURE)
 
     def _turn_answered(self, turn: Turn, bridge_s: float) -> None:
         turn.bridge_ms = round(bridge_s * 1000, 3)
@@ -521,8 +535,9 @@ class _Outage:
 
 async def drain(services: CallServices, timeout_s: float, wrap_up_s: float) -> None:
     """Stop taking calls and let the live ones finish: the last `wrap_up_s` seconds before
-    `timeout_s` are the agents' cue to say goodbye. Returns when no call is left or at the
-    deadline, whichever comes first."""
+    `timeout_s` are the agents' cue to say goodbye. At the deadline the calls still live
+    (say, their peer stopped reading) are hung up, and get `ENDING_TIMEOUT_S` to save
+    their transcripts. Returns when no call is left, or after that."""
     services.draining = True
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -534,6 +549,13 @@ async def drain(services: CallServices, timeout_s: float, wrap_up_s: float) -> N
             for call in list(services.active.values()):
                 call.wrap_up()
         await asyncio.sleep(0.1)
+    if services.active:
+        log.warning("drain deadline: hanging up %d calls", len(services.active))
+        for call in list(services.active.values()):
+            call.end()
+        deadline = loop.time() + ENDING_TIMEOUT_S
+        while services.active and loop.time() < deadline:  # noqa: ASYNC110 - as above
+            await asyncio.sleep(0.1)
     log.warning("drained; %d calls were still live", len(services.active))
 
 
