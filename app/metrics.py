@@ -50,11 +50,6 @@ class Metrics:
         self.cost = Counter(
             "voicebridge_estimated_cost_usd", "Estimated Realtime cost", registry=self.registry
         )
-        self.upload_failures = Counter(
-            "voicebridge_transcript_upload_failures",
-            "Failed transcript uploads",
-            registry=self.registry,
-        )
 
     def watch_delivery(self, stats: Callable[[], DeliveryStats]) -> None:
         """Transcript uploads, read from the store at scrape time."""
