@@ -104,3 +104,13 @@ class _DeliveryCollector(Collector):
             "Transcripts waiting in the spool",
             value=stats.pending,
         )
+        yield GaugeMetricFamily(
+            "voicebridge_transcripts_in_memory",
+            "Transcripts neither stored nor spooled, held in memory and retried",
+            value=stats.in_memory,
+        )
+        yield CounterMetricFamily(
+            "voicebridge_transcripts_lost",
+            "Transcripts dropped: memory bound reached, or still undelivered at shutdown",
+            value=stats.lost,
+        )
