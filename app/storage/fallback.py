@@ -37,8 +37,8 @@ from app.storage.uploader import Backoff
 
 log = logging.getLogger("voicebridge.transcripts")
 
-# A 10-minute call's transcript is about 30 kB of JSON: 32 MiB holds an hour of a busy
-# machine's calls while using under 2% of a 2 GB VM.
+# A 10-minute call's transcript is about 14 kB of JSON, so 1000 of them take 14 MB; the
+# byte bound caps longer calls at under 2% of a 2 GB VM.
 MAX_TRANSCRIPTS = 1000
 MAX_BYTES = 32 * 1024 * 1024
 # A local write is cheap to retry; a minute at most keeps recovery prompt once the disk
