@@ -110,9 +110,9 @@ async def test_disk_full_and_bucket_down_then_disk_freed_then_bucket_back(
             await eventually(lambda: store.stats.pending == 0)
             transcripts = (await health(server))["transcripts"]
             scraped = await metrics(server)
-    assert transcripts | {"failed_attempts": 0} == {
+    assert transcripts.pop("failed_attempts") >= 2, "the save, then the spooled upload"
+    assert transcripts == {
         "uploaded": 1,
-        "failed_attempts": 0,
         "pending": 0,
         "in_memory": 0,
         "lost": 0,
