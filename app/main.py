@@ -31,7 +31,7 @@ from app.logs import RateLimitedLog, call_sid_var
 from app.metrics import CONTENT_TYPE, Metrics
 from app.settings import Settings, SettingsError, load_settings
 from app.storage.base import BackgroundDelivery, TranscriptNotFound, TranscriptStore, check_call_sid
-from app.storage.factory import open_store
+from app.storage.factory import serving_store
 from app.telephony import twiml
 from app.telephony.control import TwilioCallControl
 from app.telephony.outbound import (
@@ -148,7 +148,7 @@ def _call_control(settings: Settings) -> TwilioCallControl | None:
 
 def create_app(settings: Settings | None = None, store: TranscriptStore | None = None) -> Litestar:
     """Build the app; with no arguments, settings come from the environment and `.env`,
-    and the transcript store is the one they name (`open_store`)."""
+    and the transcript store is the one they name (`serving_store`)."""
     settings = settings or load_settings()
     problems = settings.serving_problems()
     if problems:
@@ -162,7 +162,7 @@ def create_app(settings: Settings | None = None, store: TranscriptStore | None =
     refusals = RateLimitedLog(log)
     services = CallServices(
         settings,
-        store or open_store(settings),
+        store or serving_store(settings),
         StreamTokens(settings.stream_signing_key(), settings.stream_token_ttl_s),
         Metrics(lambda: len(active)),
         active,

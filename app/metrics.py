@@ -50,11 +50,6 @@ class Metrics:
         self.cost = Counter(
             "voicebridge_estimated_cost_usd", "Estimated Realtime cost", registry=self.registry
         )
-        self.upload_failures = Counter(
-            "voicebridge_transcript_upload_failures",
-            "Failed transcript uploads",
-            registry=self.registry,
-        )
 
     def watch_delivery(self, stats: Callable[[], DeliveryStats]) -> None:
         """Transcript uploads, read from the store at scrape time."""
@@ -108,4 +103,14 @@ class _DeliveryCollector(Collector):
             "voicebridge_transcripts_pending",
             "Transcripts waiting in the spool",
             value=stats.pending,
+        )
+        yield GaugeMetricFamily(
+            "voicebridge_transcripts_in_memory",
+            "Transcripts neither stored nor spooled, held in memory and retried",
+            value=stats.in_memory,
+        )
+        yield CounterMetricFamily(
+            "voicebridge_transcripts_lost",
+            "Transcripts dropped: memory bound reached, or still undelivered at shutdown",
+            value=stats.lost,
         )

@@ -81,6 +81,8 @@ async def test_a_finished_call_is_uploaded_to_the_bucket(
             "pending": 0,
             "corrupt": 0,
             "last_error": None,
+            "in_memory": 0,
+            "lost": 0,
         }
     json_key = client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
     stored = json.loads(client.get_object(Bucket=bucket, Key=json_key)["Body"].read())

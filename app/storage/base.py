@@ -75,6 +75,8 @@ class DeliveryStats:
     pending: int  # transcripts waiting in the spool now
     corrupt: int  # spool files set aside as unreadable since start-up
     last_error: str | None  # the most recent upload failure, None once one succeeds
+    in_memory: int = 0  # transcripts neither stored nor spooled, held in memory and retried
+    lost: int = 0  # transcripts dropped since start-up: memory full, or still held at shutdown
 
 
 class TranscriptStore(Protocol):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from app.settings import StorageSettings
 from app.storage.base import TranscriptArchive
+from app.storage.fallback import MemoryFallback
 from app.storage.local import LocalTranscriptStore
 
 
@@ -19,3 +20,9 @@ def open_store(settings: StorageSettings) -> TranscriptArchive:
     return S3TranscriptStore(
         s3_client(settings), settings.transcripts_bucket, settings.transcript_spool_dir
     )
+
+
+def serving_store(settings: StorageSettings) -> MemoryFallback:
+    """The configured store as the server uses it: a transcript it cannot take (full
+    disk, bucket down) waits in memory and is retried, never silently dropped."""
+    return MemoryFallback(open_store(settings))
