@@ -165,6 +165,7 @@ async def test_junk_costs_a_bounded_number_of_log_lines(
     assert lines[-1].getMessage() == call  # the last word on the call
     formatter = TextFormatter()
     assert all("\n" not in formatter.format(r) for r in caplog.records if not r.exc_info)
+    assert max(len(formatter.format(r)) for r in lines) < 500  # bytes bounded too
 
 
 async def test_a_callsid_with_a_newline_is_refused(

@@ -27,7 +27,7 @@ def _media(payload: Any) -> str:
 TWILIO_JUNK: list[Callable[[int], str | bytes]] = [
     lambda n: "{not JSON " + str(n),
     lambda n: DEEPLY_NESTED,
-    lambda n: json.dumps({"event": f"surprise_{n}"}),
+    lambda n: json.dumps({"event": f"surprise_{n}_" + "x" * 30_000}),  # long, and new each time
     lambda n: json.dumps({"event": f"surprise_{n}{FORGED_LINE}"}),
     lambda n: _media("not base64!" + FORGED_LINE),
     lambda n: _media(base64.b64encode(b"\x7f" * 4000).decode()),  # not a 20 ms frame
