@@ -54,6 +54,14 @@ class _CallContext(logging.Filter):
         return True
 
 
+def _one_line(text: str) -> str:
+    """`text` with its control characters escaped (as `repr` does): a newline in a
+    message or field from the network must not start a forged log line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _call_sid(record: logging.LogRecord) -> str:
     return str(getattr(record, "call_sid", "-"))
 
@@ -64,12 +72,13 @@ def _fields(record: logging.LogRecord) -> dict[str, object]:
 
 
 class TextFormatter(logging.Formatter):
-    """`time level logger call=CA… message key=value…`, readable in a terminal."""
+    """`time level logger call=CA… message key=value…`, readable in a terminal: one line
+    per record (but for a traceback), whatever the message and fields hold."""
 
     def format(self, record: logging.LogRecord) -> str:
         moment = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S.%f")[:-3]
         extra = " ".join(f"{k}={v}" for k, v in _fields(record).items())
-        line = (
+        line = _one_line(
             f"{moment} {record.levelname:<7} {record.name} call={_call_sid(record)} "
             f"{record.getMessage()}{' ' + extra if extra else ''}"
         )

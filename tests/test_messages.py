@@ -74,3 +74,18 @@ def test_outbound_frames_are_exactly_twilios_three_shapes() -> None:
         "mark": {"name": "7"},
     }
     assert json.loads(writer.clear()) == {"event": "clear", "streamSid": 'MZ"odd'}
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [
+        ("{not json", "bad JSON"),
+        ('{"event":"media","x":' + "[" * 20_000 + "]" * 20_000 + "}", "nested too deeply"),
+        ('{"event":"media","media":{"payload":5}}', "bad message"),
+    ],
+)
+def test_every_malformed_message_is_a_message_error_of_a_fixed_kind(raw: str, kind: str) -> None:
+    """Deep nesting once escaped as RecursionError and ended the call."""
+    with pytest.raises(MessageError) as caught:
+        parse_message(raw)
+    assert caught.value.kind == kind

@@ -200,7 +200,7 @@ class CallBridge:
         if params.get("metadata"):
             try:
                 self.transcript.details["metadata"] = json.loads(params["metadata"])
-            except ValueError:
+            except (ValueError, RecursionError):  # json's answer to deep nesting
                 raise MessageError("metadata parameter is not JSON") from None
         self._writer = StreamWriter(call.stream_sid)
         self._started_at = self._clock()
@@ -328,9 +328,9 @@ class CallBridge:
         try:
             size = len(binascii.a2b_base64(payload, strict_mode=True))
         except ValueError as error:  # binascii.Error, or non-ASCII text
-            raise MessageError(f"media payload is not base64 ({error})") from None
+            raise MessageError(f"media payload is not base64 ({error})", "bad audio") from None
         if not 0 < size <= MAX_FRAME_BYTES:
-            raise MessageError(f"media payload of {size} bytes (Twilio sends 160)")
+            raise MessageError(f"media payload of {size} bytes (Twilio sends 160)", "bad audio")
         # While the Realtime session reconnects, caller audio is held, then replayed.
         frames = self.to_openai if self._connected else self._held_audio
         if media.timestamp is not None:
@@ -344,7 +344,7 @@ class CallBridge:
     def _keypress(self, digit: str) -> None:
         """Keypad presses reach the model as input, and the transcript as a caller turn."""
         if len(digit) != 1 or digit not in "0123456789*#ABCD":
-            raise MessageError(f"dtmf digit {digit!r}")
+            raise MessageError(f"dtmf digit {digit!r}", "bad dtmf")
         assert self.transcript is not None
         turn = self.transcript.turn("caller", f"dtmf_{self.now_ms()}_{digit}", self.now_ms())
         turn.text, turn.transcribed, turn.dtmf = f"(pressed {digit})", True, digit
@@ -364,7 +364,11 @@ class CallBridge:
     # Realtime side ---------------------------------------------------------------
 
     def realtime_event(self, event: rt.ServerEvent) -> None:
-        """Handle one Realtime server event (already decoded)."""
+        """Handle one Realtime server event (already decoded).
+
+        Raises `EventError` for an audio delta that is not clean base64; the caller
+        logs it and carries on.
+        """
         transcript = self.transcript
         if transcript is None:
             return
@@ -485,13 +489,13 @@ class CallBridge:
         return int((self._session_started_at - self._started_at) * 1000) + audio_ms
 
     def _agent_audio(self, event: rt.AudioDelta, transcript: Transcript) -> None:
+        delta = event.delta
+        size = rt.audio_bytes(delta)  # checked before it is framed for Twilio
         item_id = event.item_id
         if item_id != self._audio_item and not self._next_audio_item(item_id, transcript):
             return
         writer = self._writer
         assert writer is not None  # (else no item could have begun)
-        delta = event.delta
-        size = len(delta) * 3 // 4 - delta.count("=", -2)  # decoded bytes, not decoding them
         mark = self.playback.queued(item_id, size, self._clock())
         self.to_twilio.append(writer.media(delta))
         if mark is not None:
@@ -551,8 +555,9 @@ class CallBridge:
         got = response.usage
         usage.input_tokens += got.input_tokens
         usage.output_tokens += got.output_tokens
-        usage.input_audio_tokens += int(got.input_token_details.get("audio_tokens") or 0)
-        usage.input_text_tokens += int(got.input_token_details.get("text_tokens") or 0)
-        usage.input_cached_tokens += int(got.input_token_details.get("cached_tokens") or 0)
-        usage.output_audio_tokens += int(got.output_token_details.get("audio_tokens") or 0)
-        usage.output_text_tokens += int(got.output_token_details.get("text_tokens") or 0)
+        got_in, got_out = got.input_token_details, got.output_token_details
+        usage.input_audio_tokens += got_in.audio_tokens or 0
+        usage.input_text_tokens += got_in.text_tokens or 0
+        usage.input_cached_tokens += got_in.cached_tokens or 0
+        usage.output_audio_tokens += got_out.audio_tokens or 0
+        usage.output_text_tokens += got_out.text_tokens or 0

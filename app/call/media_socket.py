@@ -18,6 +18,8 @@ from typing import Any, Protocol, cast
 from litestar import WebSocket
 from litestar.types import Receive, Scope, Send
 
+from app.bad_input import BadInputLog
+
 log = logging.getLogger("voicebridge.call")
 
 DIRECT_TEXT = "voicebridge.direct_text"  # scope["extensions"][DIRECT_TEXT]["socket"]
@@ -48,6 +50,7 @@ class MediaStreamSocket(WebSocket[Any, Any, Any]):
         self._direct = cast("DirectText | None", extension.get("socket"))
         self._on_text: OnText | None = None
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
+        self.bad_input = BadInputLog(log)  # what this connection sent that was dropped
         # Send text messages without waiting (in order; dropped once closed). Messages
         # made at the same moment (an audio frame and its mark) share one write. Bound
         # once: the server's own method on the direct path, one call per frame fewer.
@@ -66,7 +69,7 @@ class MediaStreamSocket(WebSocket[Any, Any, Any]):
             text = message.get("text")
             if text is not None:
                 return str(text)
-            log.warning("ignoring a binary frame from Twilio")
+            self.bad_input.drop("Twilio", "binary frame", "Twilio sends only text")
 
     def listen(self, on_text: OnText) -> None:
         """Hand every text message from now on to `on_text` (which must not raise); the

@@ -29,10 +29,10 @@ from app.call.transcript import Turn
 from app.logs import call_sid_var
 from app.metrics import Metrics
 from app.realtime.connection import RealtimeConnection, connect_realtime
-from app.realtime.events import Error, parse_server_event
+from app.realtime.events import Error, EventError, parse_server_event
 from app.realtime.session import AgentConfig
 from app.settings import Settings
-from app.storage.base import TranscriptStore
+from app.storage.base import TranscriptNotFound, TranscriptStore, check_call_sid
 from app.telephony.messages import (
     Connected,
     MessageError,
@@ -83,6 +83,14 @@ class CallServices:
 
 
 async def handle_media_stream(socket: MediaStreamSocket, services: CallServices) -> None:
+    """Serve one Twilio media stream, then log what it sent that was dropped."""
+    try:
+        await _serve_stream(socket, services)
+    finally:
+        socket.bad_input.summary()
+
+
+async def _serve_stream(socket: MediaStreamSocket, services: CallServices) -> None:
     """Serve one Twilio media stream from `start` to hang-up, then save the transcript.
 
     Nothing reaches OpenAI (no session is even opened) before `start` proves the stream
@@ -157,6 +165,10 @@ def _refusal(start: Start, services: CallServices) -> str | None:
     """Why this stream may not become a call, or None when it may."""
     call_sid = start.start.call_sid
     parameters = start.start.custom_parameters
+    try:
+        check_call_sid(call_sid)  # it names log lines and files
+    except TranscriptNotFound:
+        return f"not a usable CallSid: {call_sid!r}"
     if services.settings.twilio_validate_signatures:
         # Inbound tokens are bound to the CallSid; outbound ones (issued before Twilio
         # assigned one) to the call's reference, and here to the CallSid it got. Both
@@ -183,12 +195,12 @@ async def _receive_start(socket: MediaStreamSocket) -> Start | None:
         try:
             message = parse_message(text)
         except MessageError as error:
-            log.warning("malformed message before start: %s", error)
+            socket.bad_input.drop("Twilio", error.kind, str(error))
             continue
         if isinstance(message, Start):
             return message
         if not isinstance(message, Connected):
-            log.warning("ignoring %s message before start", _event_name(message))
+            socket.bad_input.drop("Twilio", "message before start", _event_name(message))
 
 
 class _LiveCall:
@@ -202,7 +214,6 @@ class _LiveCall:
         "_outage",
         "_tasks",
         "_twilio_over",
-        "_warned",
         "_watch_timer",
         "bridge",
         "metrics",
@@ -224,7 +235,6 @@ class _LiveCall:
         self.realtime: RealtimeConnection | None = None
         self.outcome = "stream_closed"
         self._tasks: set[asyncio.Task[None]] = set()
-        self._warned: set[str] = set()
         self._watch_timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self._outage = _Outage(self._loop, services.settings.realtime_reconnect_timeout_s)
@@ -368,7 +378,7 @@ class _LiveCall:
         try:
             message = parse_message(text)
             if isinstance(message, UnknownEvent):
-                self._warn_once(message.event, "ignoring Twilio event %r", message.event)
+                self.socket.bad_input.drop("Twilio", "unknown event", repr(message.event))
                 return
             bridge.twilio_message(message)
             if bridge.to_openai:
@@ -376,7 +386,7 @@ class _LiveCall:
             if bridge.pending_action is not None:
                 self._act()
         except MessageError as error:
-            self._warn_once(str(error), "bad message from Twilio: %s", error)
+            self.socket.bad_input.drop("Twilio", error.kind, str(error))
         except Exception:
             self._fail("a message from Twilio")
         else:
@@ -413,6 +423,8 @@ class _LiveCall:
                 self._run_tools()
             if bridge.pending_action is not None:
                 self._act()
+        except EventError as error:
+            self.socket.bad_input.drop("OpenAI", error.kind, str(error))
         except Exception:
             self._fail("an event from OpenAI")
 
@@ -435,11 +447,6 @@ class _LiveCall:
         log.exception("could not handle %s; ending the call", what)
         self.outcome = "failed"
         self._end_twilio_side()
-
-    def _warn_once(self, key: str, message: str, *args: object) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning(message, *args)
 
     def _start(self, work: Coroutine[Any, Any, None]) -> None:
         """Run a coroutine beside the audio; cancelled with the call."""

@@ -7,9 +7,11 @@ beta shapes are gone from the API and from this module.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
+
+from app.bad_input import BadInput
 
 _encode = msgspec.json.Encoder().encode
 
@@ -82,11 +84,25 @@ class FunctionCallArgumentsDone(_Event, tag="response.function_call_arguments.do
     response_id: str = ""
 
 
+class InputTokenDetails(msgspec.Struct):
+    text_tokens: int | None = None
+    audio_tokens: int | None = None
+    cached_tokens: int | None = None
+
+
+class OutputTokenDetails(msgspec.Struct):
+    text_tokens: int | None = None
+    audio_tokens: int | None = None
+
+
 class Usage(msgspec.Struct):
+    """Typed down to the counts, so a count of the wrong type is a bad event, not a
+    crash in the bridge's arithmetic."""
+
     input_tokens: int = 0
     output_tokens: int = 0
-    input_token_details: dict[str, Any] = msgspec.field(default_factory=dict)
-    output_token_details: dict[str, Any] = msgspec.field(default_factory=dict)
+    input_token_details: InputTokenDetails = msgspec.field(default_factory=InputTokenDetails)
+    output_token_details: OutputTokenDetails = msgspec.field(default_factory=OutputTokenDetails)
 
 
 class Response(msgspec.Struct):
@@ -133,20 +149,65 @@ ServerEvent = (
     | Error
 )
 
+
+class EventError(BadInput):
+    """An event from OpenAI that is not a usable Realtime event."""
+
+
+class _TypeOnly(msgspec.Struct):
+    type: str
+
+
 _decoder = msgspec.json.Decoder(ServerEvent)
+_type_only = msgspec.json.Decoder(_TypeOnly)
+_HANDLED = frozenset(event.__struct_config__.tag for event in get_args(ServerEvent))
 
 
 def parse_server_event(data: str | bytes) -> ServerEvent | None:
     """Decode a server event; None for event types the bridge does not act on.
 
     The Realtime API sends many events we have no use for (deltas of transcripts,
-    content parts, rate limits); they are skipped without building objects.
+    content parts, rate limits); they are skipped without building objects. Raises
+    `EventError` for what is not a well-formed event (deep nesting included: msgspec
+    raises RecursionError for it), or not of the shape its type promises.
     """
     try:
         event: ServerEvent = _decoder.decode(data)
         return event
-    except msgspec.DecodeError:
-        return None
+    except msgspec.ValidationError as error:
+        failure = str(error)
+    except msgspec.DecodeError as error:
+        raise EventError(str(error), "bad JSON") from None
+    except RecursionError:
+        raise EventError("nested too deeply", "nested too deeply") from None
+    try:  # an event of a type we don't handle, or a bad one?
+        handled = _type_only.decode(data).type in _HANDLED
+    except (msgspec.DecodeError, RecursionError):
+        handled = True  # not even a type: a bad event
+    if handled:
+        raise EventError(failure)
+    return None
+
+
+_BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_PADDING = {b"": "", b"=": "=", b"==": "=="}
+MAX_DELTA_BYTES = 8000 * 10  # 10 s of μ-law: 50 times a long delta (200 ms), still bounded
+
+
+def audio_bytes(delta: str) -> int:
+    """The size of a delta's audio, once it is checked to be clean base64 of a sane size:
+    it goes to Twilio spliced into JSON, where a quote or a backslash would break out.
+
+    Not decoded, so it stays cheap per delta: deleting the alphabet must leave only the
+    padding (at most two `=`, at the end), and UTF-8 bytes of anything else stay.
+    """
+    padding = _PADDING.get(delta.encode().translate(None, _BASE64))
+    if padding is None or len(delta) % 4 or not delta.endswith(padding):
+        raise EventError("audio delta is not base64", "bad audio")
+    size = len(delta) // 4 * 3 - len(padding)
+    if not 0 < size <= MAX_DELTA_BYTES:
+        raise EventError(f"audio delta of {size} bytes", "bad audio")
+    return size
 
 
 # Client events ---------------------------------------------------------------------

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import msgspec
 
+from app.bad_input import BadInput
 
-class MessageError(ValueError):
+
+class MessageError(BadInput):
     """A frame from Twilio that is not a valid Media Streams message."""
 
 
@@ -99,23 +101,29 @@ def parse_message(data: str | bytes) -> TwilioMessage | UnknownEvent:
     """Parse one text frame from Twilio.
 
     Raises `MessageError` with a short reason for anything that is not a well-formed
-    message; returns `UnknownEvent` for a well-formed message of an event we don't know.
+    message (deep nesting included: msgspec raises RecursionError for it); returns
+    `UnknownEvent` for a well-formed message of an event we don't know.
     """
     try:
         message: TwilioMessage = _decoder.decode(data)
         return message
     except msgspec.DecodeError as error:
-        try:
-            unknown = _event_only.decode(data)
-        except msgspec.DecodeError:
-            raise MessageError(_reason(error)) from None
-        if unknown.event in _KNOWN_EVENTS:
-            raise MessageError(_reason(error)) from None
-        return unknown
+        failure = error
+    except RecursionError:
+        raise MessageError("nested too deeply", "nested too deeply") from None
+    try:
+        unknown = _event_only.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        raise _error(failure) from None
+    if unknown.event in _KNOWN_EVENTS:
+        raise _error(failure)
+    return unknown
 
 
-def _reason(error: msgspec.DecodeError) -> str:
-    return str(error).replace("JSON is malformed", "not JSON")
+def _error(error: msgspec.DecodeError) -> MessageError:
+    if isinstance(error, msgspec.ValidationError):
+        return MessageError(str(error))
+    return MessageError(str(error).replace("JSON is malformed", "not JSON"), "bad JSON")
 
 
 class StreamWriter:

@@ -17,7 +17,8 @@ What the double simulates (see the class docstring for the knobs):
   real GA event order, faster than real time;
 - barge-in (`interrupt_response`) and `response.cancel` → `response.done` `cancelled`;
 - `conversation.item.truncate` with the real error for truncating past the produced audio;
-- fault knobs: HTTP rejection, dropped socket, stalled server, echo mode for benchmarks.
+- fault knobs: HTTP rejection, dropped socket, stalled server, echo mode for benchmarks,
+  raw events injected as is (`inject`).
 
 The double never understands language: `response.create` with instructions still plays the
 next scripted line.
@@ -1401,6 +1402,12 @@ class RealtimeDouble:
         for conn in list(self._live):
             conn.record.dropped = True
             await conn.ws.close(code, reason)
+
+    async def inject(self, raw: str | bytes) -> None:
+        """Send `raw` as is on the latest connection, as a faulty server would (fault
+        injection: malformed events)."""
+        conn = next(conn for conn in self._live if conn.record is self.latest)
+        await conn.ws.send(raw)
 
     async def start(self) -> RealtimeDouble:
         self._server = await serve(
