@@ -49,6 +49,8 @@ START_TIMEOUT_S = 10.0
 # Sessions lost (not rolled over) in one call before it ends with the apology: a network
 # that keeps failing gets no endless loop of new sessions.
 MAX_SESSION_LOSSES = 20
+ERRORS_LOGGED_PER_CODE = 3  # OpenAI error events, per call
+MAX_ERROR_CODES = 32  # distinct codes counted per call; the rest count as "other"
 GIVE_UP = "give up"  # a session that never worked outlived the outage's deadline
 ENDING_TIMEOUT_S = 5.0  # after the drain: for the calls still live to hang up and save
 TRANSCRIPTION_GRACE_S = 0.8  # after hang-up, wait this long at most for the last caller text
@@ -210,6 +212,7 @@ class _LiveCall:
 
     # A fixed layout: attribute reads on the audio path stay fast.
     __slots__ = (
+        "_errors",
         "_loop",
         "_outage",
         "_tasks",
@@ -238,6 +241,7 @@ class _LiveCall:
         self._watch_timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self._outage = _Outage(self._loop, services.settings.realtime_reconnect_timeout_s)
+        self._errors: dict[str, int] = {}  # OpenAI error events by code
         # Done when Twilio's side is over: `stop`, the socket closed, or a failure.
         self._twilio_over: asyncio.Future[None] = self._loop.create_future()
 
@@ -277,6 +281,7 @@ class _LiveCall:
                 log.warning("Realtime session lost (%s); opening a new one", reason)
                 self.bridge.session_lost(reason)
         finally:
+            self._log_error_counts()
             await _cancel(reader)
             for task in list(self._tasks):
                 await _cancel(task)
@@ -404,11 +409,7 @@ class _LiveCall:
             if event is None:
                 return
             if isinstance(event, Error):
-                log.warning(
-                    "OpenAI error: %s",
-                    event.error.message,
-                    extra={"code": event.error.code, "type": event.error.type},
-                )
+                self._openai_error(event)
             bridge.realtime_event(event)
             to_twilio = bridge.to_twilio
             if to_twilio:
@@ -427,6 +428,28 @@ class _LiveCall:
             self.socket.bad_input.drop("OpenAI", error.kind, str(error))
         except Exception:
             self._fail("an event from OpenAI")
+
+    def _openai_error(self, event: Error) -> None:
+        """Log OpenAI's error events, but a session that answers every frame with one
+        (a bug on either side) must not flood the logs: the first few of each code are
+        logged, the rest counted (`_log_error_counts`)."""
+        error = event.error
+        code = str(error.code or error.type or "unknown")[:64]
+        if code not in self._errors and len(self._errors) >= MAX_ERROR_CODES:
+            code = "other"
+        seen = self._errors[code] = self._errors.get(code, 0) + 1
+        if seen <= ERRORS_LOGGED_PER_CODE:
+            log.warning(
+                "OpenAI error: %s",
+                error.message[:500],
+                extra={"code": error.code, "type": error.type},
+            )
+
+    def _log_error_counts(self) -> None:
+        counts = {code: n for code, n in self._errors.items() if n > ERRORS_LOGGED_PER_CODE}
+        if counts:
+            listed = ", ".join(f"{n} {code}" for code, n in counts.items())
+            log.warning("OpenAI errors in this call, counted but not each logged: %s", listed)
 
     def _send_openai(self) -> None:
         frames = self.bridge.to_openai
