@@ -160,3 +160,11 @@ def test_transcripts_of_earlier_versions_are_still_found_and_moved_when_written(
     assert not list(legacy.iterdir()), "moved to the documented place"
     assert store.get("CAold")["call_status"]["status"] == "completed"
     assert (tmp_path / "2026/03/13/CAold.txt").is_file()
+
+
+def test_one_of_a_kind_reads_as_english() -> None:
+    one = record(turns=[{"role": "caller", "text": "Hi", "start_ms": 0}], usage={"responses": 1})
+    text = render_text(one)
+    assert " · 1 turn\n" in text
+    assert "over 1 response\n" in text
+    assert summary_line(Summary.from_record(one)).endswith("  1 turn")
