@@ -26,6 +26,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.call.tools import ToolsError, load_tools
+
 DEFAULT_INSTRUCTIONS = (
     "You are a friendly, concise voice assistant on a phone call. Speak naturally, in short "
     "sentences, and let the caller interrupt you. If you don't know something, say so."
@@ -298,7 +300,9 @@ class Settings(StorageSettings, CallerSettings):
         return value
 
     def serving_problems(self) -> list[tuple[str, str]]:
-        """Problems that only matter to a server taking calls (the CLI runs without)."""
+        """Problems that only matter to a server taking calls (the CLI runs without):
+        found by using the values (a token to check, a directory to write, AGENT_TOOLS to
+        import)."""
         problems: list[tuple[str, str]] = []
         if self.twilio_validate_signatures and self.twilio_auth_token is None:
             problems.append(
@@ -323,8 +327,6 @@ class Settings(StorageSettings, CallerSettings):
         if not writable:
             problems.append((name, f"cannot write to {directory} — choose a writable directory"))
         if self.agent_tools:
-            from app.call.tools import ToolsError, load_tools
-
             try:
                 load_tools(self.agent_tools)
             except ToolsError as error:

@@ -167,7 +167,9 @@ def ring_when_up(
                 waiting = True
             time.sleep(0.25)
         except ValueError as error:
-            raise CommandError(f"could not ring {server}: {error}") from None
+            raise CommandError(
+                f"{server} took no call: {error} (its log says why: e.g. PUBLIC_BASE_URL not set)"
+            ) from None
 
 
 def refusal(server: str, error: HTTPError) -> str:

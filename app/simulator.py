@@ -956,7 +956,12 @@ def ring(
     )
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
         document = response.read().decode()
-    stream = ET.fromstring(document).find("Connect/Stream")  # noqa: S314 - our own TwiML
+    try:
+        twiml = ET.fromstring(document)  # noqa: S314 - the user's own server
+    except ET.ParseError:
+        raise ValueError("its voice webhook answered with something other than TwiML") from None
+    stream = twiml.find("Connect/Stream")
     if stream is None:
-        raise ValueError(f"the webhook answered without opening a stream: {document}")
+        said = " ".join(say.text or "" for say in twiml.iter("Say")).strip()
+        raise ValueError(f"it hung up instead of opening a stream, saying {said!r}")
     return {str(p.get("name")): str(p.get("value")) for p in stream.findall("Parameter")}

@@ -320,3 +320,20 @@ def test_simulate_refuses_an_output_it_cannot_write_before_the_call(
         "voicebridge: cannot create a-file for --out: File exists\n",
         "voicebridge: --out . is a directory: name a .wav file in it\n",
     )
+
+
+async def test_simulate_says_why_no_call_was_taken(
+    realtime: RealtimeDouble, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    wav = caller_wav(tmp_path / "hello.wav")
+    settings = make_settings(public_base_url=None, twilio_validate_signatures=False)
+    async with serve(create_app(settings)) as server:
+        code, out, err = await voicebridge_async(
+            "simulate", "--wav", str(wav), "--server", server.http_url, cwd=tmp_path, env=user_env()
+        )
+    assert (code, out) == (1, "")
+    assert err == (
+        f"voicebridge: {server.http_url} took no call: it hung up instead of opening a stream, "
+        "saying 'Sorry, this line is not set up yet. Please try again later. Goodbye.' "
+        "(its log says why: e.g. PUBLIC_BASE_URL not set)\n"
+    )
