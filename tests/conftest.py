@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from app.settings import Settings, load_settings
 from tests.doubles.realtime import AgentLine, RealtimeDouble
 from tests.doubles.twilio_rest import FakeTwilioRest
 from tests.fixtures import audio
+from voicebridge.settings import Settings, load_settings
 
 PUBLIC_BASE_URL = "https://voice.example.com"
 AUTH_TOKEN = "twilio-test-auth-token"

@@ -17,7 +17,7 @@ import boto3
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
-from app.storage.base import Record
+from voicebridge.storage.base import Record
 
 REGION = "us-east-1"
 

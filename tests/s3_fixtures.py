@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from app.settings import StorageSettings, load_storage_settings
 from tests.s3 import REGION, MotoS3, running_moto
+from voicebridge.settings import StorageSettings, load_storage_settings
 
 _buckets = itertools.count(1)
 

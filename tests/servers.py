@@ -12,7 +12,7 @@ from typing import Any
 import uvicorn
 from litestar import Litestar
 
-from app.server import uvicorn_options
+from voicebridge.server import uvicorn_options
 
 
 @dataclass
@@ -69,7 +69,7 @@ class ServerProcess(RunningServer):
 
 @contextlib.asynccontextmanager
 async def serve_process(env: dict[str, str]) -> AsyncIterator[ServerProcess]:
-    """`python -m app serve` as its own process, the way production runs it."""
+    """`python -m voicebridge serve` as its own process, the way production runs it."""
     import os
     import sys
 
@@ -79,7 +79,7 @@ async def serve_process(env: dict[str, str]) -> AsyncIterator[ServerProcess]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "app",
+        "voicebridge",
         "serve",
         "--host",
         "127.0.0.1",

@@ -19,14 +19,14 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from app.main import create_app
-from app.settings import Settings
-from app.simulator import CallerSimulator, new_sid
 from tests.doubles.realtime import RealtimeDouble
 from tests.fixtures import audio
 from tests.servers import RunningServer, serve
 from tests.test_security import start_frame
 from tests.twilio import answer_call
+from voicebridge.main import create_app
+from voicebridge.settings import Settings
+from voicebridge.simulator import CallerSimulator, new_sid
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from app.call.playback import MARK_EVERY_MS
 from bench import report
 from bench.run import BenchConfig, run_bench
+from voicebridge.call.playback import MARK_EVERY_MS
 
 CALLS = 2
 DURATION_S = 2.0

@@ -7,11 +7,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from app.call.bridge import LAST_WORDS_GRACE_S, LAST_WORDS_MAX_S, CallAction, CallBridge
-from app.realtime import events as rt
-from app.realtime.session import AgentConfig
-from app.telephony.messages import MessageError, parse_message
 from tests.test_messages import START
+from voicebridge.call.bridge import LAST_WORDS_GRACE_S, LAST_WORDS_MAX_S, CallAction, CallBridge
+from voicebridge.realtime import events as rt
+from voicebridge.realtime.session import AgentConfig
+from voicebridge.telephony.messages import MessageError, parse_message
 
 CONFIG = AgentConfig(
     model="gpt-realtime",

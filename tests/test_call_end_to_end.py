@@ -12,14 +12,14 @@ from typing import Any
 import httpx
 import pytest
 
-from app.main import create_app
-from app.settings import Settings
-from app.simulator import CallerSimulator, new_sid
 from tests.conftest import PUBLIC_BASE_URL, agent_line
 from tests.doubles.realtime import RealtimeDouble
 from tests.fixtures import audio
 from tests.servers import RunningServer, serve
 from tests.twilio import answer_call, post_webhook
+from voicebridge.main import create_app
+from voicebridge.settings import Settings
+from voicebridge.simulator import CallerSimulator, new_sid
 
 
 async def call(server: RunningServer) -> CallerSimulator:

@@ -1,7 +1,7 @@
 """Estimated call cost from token usage."""
 
-from app.call.cost import cost_record, estimate_usd, prices_for
-from app.call.transcript import TokenUsage
+from voicebridge.call.cost import cost_record, estimate_usd, prices_for
+from voicebridge.call.transcript import TokenUsage
 
 
 def test_cost_of_a_minute_of_conversation_on_gpt_realtime() -> None:

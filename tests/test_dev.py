@@ -26,14 +26,14 @@ import pytest
 from pyngrok import process
 from twilio.request_validator import RequestValidator
 
-from app.cli import CommandError
-from app.dev import DevDependencies, PublicTunnel, run_dev
-from app.settings import DevSettings, SettingsError, load_settings_as
-from app.telephony.rest import TwilioAccountError, TwilioNumber
-from app.tunnel import open_tunnel
 from tests.doubles.ngrok_agent import FakeNgrokAgent, install
 from tests.doubles.twilio_rest import FakeTwilioRest
 from tests.servers import free_port
+from voicebridge.cli import CommandError
+from voicebridge.dev import DevDependencies, PublicTunnel, run_dev
+from voicebridge.settings import DevSettings, SettingsError, load_settings_as
+from voicebridge.telephony.rest import TwilioAccountError, TwilioNumber
+from voicebridge.tunnel import open_tunnel
 
 ROOT = Path(__file__).resolve().parent.parent
 NUMBER = "+15551230000"
@@ -373,11 +373,11 @@ def cli_env(
 
 
 class Cli:
-    """`python -m app …` in a child process, its output (stdout + stderr) collected."""
+    """`python -m voicebridge …` in a child process, its output (stdout + stderr) collected."""
 
     def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app", *args],
+            [sys.executable, "-m", "voicebridge", *args],
             env=env,
             cwd=cwd,
             stdout=subprocess.PIPE,

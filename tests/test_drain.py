@@ -10,12 +10,12 @@ from pathlib import Path
 
 import httpx
 
-from app.simulator import CallerSimulator, new_sid
 from tests.conftest import AUTH_TOKEN, PUBLIC_BASE_URL, agent_line
 from tests.doubles.realtime import RealtimeDouble
 from tests.fixtures import audio
 from tests.servers import serve_process
 from tests.twilio import answer_call, post_webhook
+from voicebridge.simulator import CallerSimulator, new_sid
 
 
 def server_env(realtime: RealtimeDouble, tmp_path: Path, drain_timeout: float) -> dict[str, str]:

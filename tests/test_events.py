@@ -12,8 +12,8 @@ from hypothesis import example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from app.realtime import events as rt
 from tests.faults.junk import OPENAI_JUNK
+from voicebridge.realtime import events as rt
 
 
 def test_events_the_bridge_does_not_act_on_are_skipped_not_errors() -> None:

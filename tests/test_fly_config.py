@@ -19,10 +19,10 @@ import jsonschema
 import pytest
 from litestar.testing import TestClient
 
-from app.main import create_app
-from app.settings import Settings, load_settings
 from tests import dockerfile
 from tests.dockerfile import ROOT
+from voicebridge.main import create_app
+from voicebridge.settings import Settings, load_settings
 
 # SchemaStore's fly.json schema, a copy kept with the tests (FLY_SCHEMA overrides the path).
 SCHEMA = Path(os.environ.get("FLY_SCHEMA", Path(__file__).parent / "fixtures" / "fly.schema.json"))

@@ -13,12 +13,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.http_limits import MAX_BODY_BYTES, MAX_FORM_FIELDS
-from app.main import create_app
-from app.server import RequestTimeoutProtocol
-from app.settings import Settings
-from app.simulator import CallerSimulator, new_sid
-from app.telephony.signatures import InvalidToken, StreamTokens
 from tests.doubles.realtime import RealtimeDouble
 from tests.doubles.twilio_rest import FakeTwilioRest
 from tests.faults.http_client import closed_by_server, flood, unfinished_requests
@@ -27,6 +21,12 @@ from tests.servers import RunningServer, serve
 from tests.test_outbound import API_TOKEN, stream_of
 from tests.test_security import VOICE, close_code_for
 from tests.twilio import answer_call, post_webhook
+from voicebridge.http_limits import MAX_BODY_BYTES, MAX_FORM_FIELDS
+from voicebridge.main import create_app
+from voicebridge.server import RequestTimeoutProtocol
+from voicebridge.settings import Settings
+from voicebridge.simulator import CallerSimulator, new_sid
+from voicebridge.telephony.signatures import InvalidToken, StreamTokens
 
 WEBHOOKS = ["/twilio/voice", "/twilio/stream-ended", "/twilio/status", "/twilio/amd"]
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}

@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from app.logs import TextFormatter
-from app.main import create_app
-from app.settings import Settings
-from app.simulator import new_sid
 from tests.doubles.realtime import RealtimeDouble, silence_ulaw
 from tests.faults.junk import DEEPLY_NESTED, OPENAI_JUNK, TWILIO_JUNK, send_twilio_junk
 from tests.fixtures import audio
 from tests.servers import serve
 from tests.test_security import start_frame
 from tests.twilio import answer_call
+from voicebridge.logs import TextFormatter
+from voicebridge.main import create_app
+from voicebridge.settings import Settings
+from voicebridge.simulator import new_sid
 
 # What one call may log, however much junk it gets: its own lines (started, session,
 # hung up, saved), the first message of each kind of junk, and the summary.

@@ -14,9 +14,6 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from app.main import create_app
-from app.settings import Settings
-from app.simulator import new_sid
 from tests.conftest import agent_line
 from tests.doubles.realtime import RealtimeDouble
 from tests.doubles.twilio_rest import FakeTwilioRest
@@ -25,6 +22,9 @@ from tests.servers import RunningServer, serve, serve_process
 from tests.test_drain import server_env
 from tests.test_security import start_frame
 from tests.twilio import answer_call
+from voicebridge.main import create_app
+from voicebridge.settings import Settings
+from voicebridge.simulator import new_sid
 
 CONNECTED = json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
 

@@ -56,10 +56,10 @@ def git(repo: Path, *args: str) -> None:
 
 def test_the_image_label_follows_the_last_commit_that_changed_the_image(tmp_path: Path) -> None:
     git(tmp_path, "init", "-q")
-    (tmp_path / "app").mkdir()
-    (tmp_path / "app" / "main.py").write_text("x = 1\n")
+    (tmp_path / "voicebridge").mkdir()
+    (tmp_path / "voicebridge" / "main.py").write_text("x = 1\n")
     git(tmp_path, "add", ".")
-    git(tmp_path, "commit", "-qm", "app")
+    git(tmp_path, "commit", "-qm", "voicebridge")
     label = image_label(tmp_path)
     assert label is not None and label.startswith("git-") and "dirty" not in label
 
@@ -68,7 +68,7 @@ def test_the_image_label_follows_the_last_commit_that_changed_the_image(tmp_path
     git(tmp_path, "commit", "-qm", "notes")
     assert image_label(tmp_path) == label, "a commit outside the image needs no redeploy"
 
-    (tmp_path / "app" / "main.py").write_text("x = 2\n")
+    (tmp_path / "voicebridge" / "main.py").write_text("x = 2\n")
     dirty = image_label(tmp_path)
     assert dirty is not None and dirty.startswith(f"{label}-dirty-")
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from app.telephony.messages import (
+from voicebridge.telephony.messages import (
     Media,
     MessageError,
     Start,

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from app.main import create_app
-from app.settings import Settings
 from tests.conftest import agent_line
 from tests.doubles.realtime import RealtimeDouble
 from tests.faults.tcp_proxy import FaultyLink
 from tests.fixtures import audio
 from tests.servers import serve
 from tests.test_resilience import call, transcript_of
+from voicebridge.main import create_app
+from voicebridge.settings import Settings
 
 
 @pytest.fixture

@@ -18,15 +18,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.audio import write_ulaw_wav
-from app.main import create_app
-from app.settings import Settings
-from app.storage.local import LocalTranscriptStore
 from tests.conftest import AUTH_TOKEN, PUBLIC_BASE_URL
 from tests.doubles.realtime import RealtimeDouble
 from tests.fixtures import audio
 from tests.s3 import record
 from tests.servers import free_port, serve
+from voicebridge.audio import write_ulaw_wav
+from voicebridge.main import create_app
+from voicebridge.settings import Settings
+from voicebridge.storage.local import LocalTranscriptStore
 
 VOICEBRIDGE = str(Path(sys.executable).parent / "voicebridge")  # the console script
 SIGNATURES_OFF = {"OPENAI_API_KEY": "sk-x", "TWILIO_VALIDATE_SIGNATURES": "false"}
@@ -294,7 +294,7 @@ async def test_simulate_is_a_client_shows_progress_and_says_where_the_call_went(
 def test_progress_rewrites_one_line_on_a_terminal() -> None:
     from io import StringIO
 
-    from app.simulate_cli import Progress
+    from voicebridge.simulate_cli import Progress
 
     class Terminal(StringIO):
         def isatty(self) -> bool:

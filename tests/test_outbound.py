@@ -12,20 +12,20 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.cli import main
-from app.main import create_app
-from app.settings import Settings
-from app.simulator import CallerSimulator, new_sid
-from app.telephony.outbound import (
-    OutboundCall,
-    OutboundError,
-    check_number,
-)
 from tests.conftest import ACCOUNT, AUTH_TOKEN, OUR_NUMBER, PUBLIC_BASE_URL
 from tests.doubles.realtime import RealtimeDouble
 from tests.doubles.twilio_rest import FakeTwilioRest
 from tests.servers import serve
 from tests.test_security import close_code_for
+from voicebridge.cli import main
+from voicebridge.main import create_app
+from voicebridge.settings import Settings
+from voicebridge.simulator import CallerSimulator, new_sid
+from voicebridge.telephony.outbound import (
+    OutboundCall,
+    OutboundError,
+    check_number,
+)
 
 API_TOKEN = "api-token-for-tests"
 INSTRUCTIONS = "You are calling to confirm tomorrow's 7pm booking for three. Be brief."
@@ -196,8 +196,8 @@ async def test_unusable_call_parameters_close_the_stream_cleanly(
 
 
 def test_long_instructions_travel_compressed_and_come_back_intact() -> None:
-    from app.telephony.outbound import call_instructions, stream_parameters
-    from app.telephony.signatures import StreamTokens
+    from voicebridge.telephony.outbound import call_instructions, stream_parameters
+    from voicebridge.telephony.signatures import StreamTokens
 
     long_text = "Confirm the booking politely. " * 60
     params = stream_parameters(OutboundCall("+15551234567", long_text), "+1555", StreamTokens(b"k"))

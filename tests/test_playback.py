@@ -1,6 +1,6 @@
 """Playback accounting: what the caller heard, from Twilio's mark echoes."""
 
-from app.call.playback import PlaybackTracker
+from voicebridge.call.playback import PlaybackTracker
 
 
 def test_marks_echoed_in_order_count_as_heard() -> None:

@@ -13,9 +13,9 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Request, Response
 
-from app.realtime import connection as connection_module
-from app.realtime.connection import RealtimeConnection, connect_realtime
-from app.settings import Settings
+from voicebridge.realtime import connection as connection_module
+from voicebridge.realtime.connection import RealtimeConnection, connect_realtime
+from voicebridge.settings import Settings
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
 

@@ -13,17 +13,17 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
-from app.call.bridge import CallBridge
-from app.main import create_app
-from app.realtime import events as rt
-from app.settings import Settings
-from app.simulator import CallerSimulator, new_sid
 from tests.conftest import agent_line
 from tests.doubles.realtime import RealtimeDouble
 from tests.fixtures import audio
 from tests.servers import RunningServer, serve
 from tests.test_security import start_frame
 from tests.twilio import answer_call
+from voicebridge.call.bridge import CallBridge
+from voicebridge.main import create_app
+from voicebridge.realtime import events as rt
+from voicebridge.settings import Settings
+from voicebridge.simulator import CallerSimulator, new_sid
 
 
 async def call(server: RunningServer, **options: Any) -> CallerSimulator:

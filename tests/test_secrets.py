@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from app.logs import configure_logging
-from app.main import create_app
-from app.settings import Settings
-from app.simulator import CallerSimulator, new_sid
 from tests.doubles.realtime import RealtimeDouble
 from tests.fixtures import audio
 from tests.servers import serve
 from tests.test_settings import run_cli
 from tests.twilio import answer_call
+from voicebridge.logs import configure_logging
+from voicebridge.main import create_app
+from voicebridge.settings import Settings
+from voicebridge.simulator import CallerSimulator, new_sid
 
 SECRETS = {
     "OPENAI_API_KEY": "sk-SECRET-openai-4f1d",
@@ -84,7 +84,7 @@ def test_a_failing_start_up_prints_no_secret(tmp_path: Path) -> None:
 
 
 def test_credentials_are_scrubbed_from_any_log_line() -> None:
-    from app.logs import redact, register_secrets
+    from voicebridge.logs import redact, register_secrets
 
     register_secrets("twilio-token-abcdef")
     line = redact(

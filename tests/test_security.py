@@ -13,14 +13,14 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from app.main import create_app
-from app.settings import Settings
-from app.simulator import CallerSimulator, new_sid
-from app.telephony.signatures import StreamTokens
 from tests.conftest import PUBLIC_BASE_URL
 from tests.doubles.realtime import RealtimeDouble
 from tests.servers import RunningServer, serve
 from tests.twilio import answer_call, post_webhook, signature
+from voicebridge.main import create_app
+from voicebridge.settings import Settings
+from voicebridge.simulator import CallerSimulator, new_sid
+from voicebridge.telephony.signatures import StreamTokens
 
 VOICE = {"CallSid": "CA1", "From": "+15550001111", "To": "+15550002222", "Direction": "inbound"}
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from app.audio import write_ulaw_wav
-from app.cli import main
-from app.main import create_app
-from app.settings import Settings
 from tests.conftest import AUTH_TOKEN, PUBLIC_BASE_URL
 from tests.doubles.realtime import RealtimeDouble
 from tests.fixtures import audio
 from tests.servers import serve
+from voicebridge.audio import write_ulaw_wav
+from voicebridge.cli import main
+from voicebridge.main import create_app
+from voicebridge.settings import Settings
 
 
 async def test_simulate_rings_the_webhook_says_the_wav_and_saves_the_reply(

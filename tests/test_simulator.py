@@ -21,7 +21,8 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from app.audio import (
+from tests.fixtures import TEXTS, load
+from voicebridge.audio import (
     BYTES_PER_MS,
     FRAME_BYTES,
     SILENCE_BYTE,
@@ -31,14 +32,13 @@ from app.audio import (
     ulaw_to_pcm16,
     write_ulaw_wav,
 )
-from app.simulator import (
+from voicebridge.simulator import (
     TWILIO_BINARY_MESSAGE,
     TWILIO_INVALID_MESSAGE,
     CallEndedError,
     CallerSimulator,
     run_simulation,
 )
-from tests.fixtures import TEXTS, load
 
 AGENT = load("agent_long_reply")
 CALLER = load("caller_book_table")

@@ -11,10 +11,6 @@ from xml.etree import ElementTree
 
 import httpx
 
-from app.main import create_app
-from app.settings import Settings
-from app.simulator import new_sid
-from app.storage.local import LocalTranscriptStore
 from tests.conftest import ACCOUNT
 from tests.doubles.realtime import RealtimeDouble
 from tests.doubles.twilio_rest import FakeTwilioRest
@@ -22,6 +18,10 @@ from tests.s3 import record
 from tests.servers import RunningServer, serve
 from tests.test_call_end_to_end import call
 from tests.twilio import post_webhook
+from voicebridge.main import create_app
+from voicebridge.settings import Settings
+from voicebridge.simulator import new_sid
+from voicebridge.storage.local import LocalTranscriptStore
 
 VOICEMAIL = "Hi, this is Bella's returning your call. Please call us back."
 

@@ -7,9 +7,6 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from app.main import create_app
-from app.settings import Settings
-from app.storage.s3 import S3TranscriptStore
 from tests.doubles.realtime import RealtimeDouble
 from tests.s3 import MotoS3, record
 from tests.servers import serve
@@ -18,6 +15,9 @@ from tests.test_status import EXPECTED, completed
 from tests.test_storage_app import bucket_settings, eventually
 from tests.test_storage_s3 import make_store
 from tests.twilio import post_webhook
+from voicebridge.main import create_app
+from voicebridge.settings import Settings
+from voicebridge.storage.s3 import S3TranscriptStore
 
 pytest_plugins = ["tests.s3_fixtures"]
 __all__ = ["bucket_settings", "make_store"]  # fixtures, used by name

@@ -14,13 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
-from app.main import create_app
-from app.settings import Settings
-from app.storage.spool import Spool
 from tests.doubles.realtime import RealtimeDouble
 from tests.s3 import MotoS3, record, versions
 from tests.servers import RunningServer, free_port, serve
 from tests.test_call_end_to_end import call
+from voicebridge.main import create_app
+from voicebridge.settings import Settings
+from voicebridge.storage.spool import Spool
 
 pytest_plugins = ["tests.s3_fixtures"]
 pytestmark = pytest.mark.usefixtures("aws_environment")

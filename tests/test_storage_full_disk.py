@@ -15,14 +15,6 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.main import create_app
-from app.settings import Settings
-from app.storage.base import StorageError
-from app.storage.fallback import MemoryFallback
-from app.storage.local import LocalTranscriptStore
-from app.storage.s3 import S3TranscriptStore
-from app.storage.s3client import s3_client
-from app.storage.uploader import Backoff
 from tests.doubles.realtime import RealtimeDouble
 from tests.faults.disk import SmallDisk, small_disk
 from tests.s3 import MotoS3, record, running_moto, versions
@@ -31,6 +23,14 @@ from tests.test_call_end_to_end import call
 from tests.test_status import EXPECTED, completed
 from tests.test_storage_app import bucket_settings, eventually, health
 from tests.twilio import post_webhook
+from voicebridge.main import create_app
+from voicebridge.settings import Settings
+from voicebridge.storage.base import StorageError
+from voicebridge.storage.fallback import MemoryFallback
+from voicebridge.storage.local import LocalTranscriptStore
+from voicebridge.storage.s3 import S3TranscriptStore
+from voicebridge.storage.s3client import s3_client
+from voicebridge.storage.uploader import Backoff
 
 pytest_plugins = ["tests.s3_fixtures"]
 pytestmark = pytest.mark.usefixtures("aws_environment")

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from app.storage.base import CallRef, StorageError, TranscriptNotFound, transcript_key
-from app.storage.catalog import newest_first, sync
-from app.storage.local import LocalTranscriptStore
-from app.storage.render import render_text, summary_line
-from app.storage.summary import Summary
 from tests.s3 import record
+from voicebridge.storage.base import CallRef, StorageError, TranscriptNotFound, transcript_key
+from voicebridge.storage.catalog import newest_first, sync
+from voicebridge.storage.local import LocalTranscriptStore
+from voicebridge.storage.render import render_text, summary_line
+from voicebridge.storage.summary import Summary
 
 DAY_ONE = "2026-03-13T23:59:59.000Z"
 DAY_TWO_EARLY = "2026-03-14T08:00:00.000Z"

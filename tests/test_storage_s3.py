@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import StorageSettings
-from app.storage.base import BackgroundDelivery, StorageError, TranscriptNotFound
-from app.storage.s3 import S3TranscriptStore
-from app.storage.s3client import s3_client
-from app.storage.uploader import Backoff
 from tests.s3 import MotoS3, record, running_moto, versions, wait_until
 from tests.servers import free_port
+from voicebridge.settings import StorageSettings
+from voicebridge.storage.base import BackgroundDelivery, StorageError, TranscriptNotFound
+from voicebridge.storage.s3 import S3TranscriptStore
+from voicebridge.storage.s3client import s3_client
+from voicebridge.storage.uploader import Backoff
 
 pytest_plugins = ["tests.s3_fixtures"]
 pytestmark = pytest.mark.usefixtures("aws_environment")

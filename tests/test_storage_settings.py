@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import load_storage_settings
-from app.storage.factory import open_store
-from app.storage.local import LocalTranscriptStore
-from app.storage.s3 import S3TranscriptStore
-from app.storage.s3client import addressing_style
+from voicebridge.settings import load_storage_settings
+from voicebridge.storage.factory import open_store
+from voicebridge.storage.local import LocalTranscriptStore
+from voicebridge.storage.s3 import S3TranscriptStore
+from voicebridge.storage.s3client import addressing_style
 
 pytest_plugins = ["tests.s3_fixtures"]
 pytestmark = pytest.mark.usefixtures("aws_environment")

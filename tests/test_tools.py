@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from app.call.tools import load_tools
-from app.main import create_app
-from app.settings import Settings, SettingsError
-from app.simulator import CallerSimulator, new_sid
 from tests.conftest import agent_line
 from tests.doubles.realtime import AgentLine, RealtimeDouble
 from tests.doubles.twilio_rest import FakeTwilioRest, RecordedRequest
 from tests.fixtures import audio
 from tests.servers import RunningServer, serve
 from tests.twilio import answer_call
+from voicebridge.call.tools import load_tools
+from voicebridge.main import create_app
+from voicebridge.settings import Settings, SettingsError
+from voicebridge.simulator import CallerSimulator, new_sid
 
 EXAMPLE_TOOLS = "tests.tools_example.restaurant"
 
@@ -180,7 +180,7 @@ async def test_custom_tools_run_and_their_results_go_back_to_the_model(
 
 
 async def test_a_slow_tool_times_out_into_a_result_the_model_can_talk_about() -> None:
-    from app.call.tools import run_tool
+    from voicebridge.call.tools import run_tool
 
     (slow,) = [t for t in load_tools(EXAMPLE_TOOLS) if t.name == "slow_lookup"]
     output = await run_tool(slow, '{"name": "Ann"}', timeout_s=0.05)

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import main
-from app.settings import StorageSettings
-from app.storage.local import LocalTranscriptStore
-from app.storage.s3 import S3TranscriptStore
-from app.storage.s3client import s3_client
 from tests.s3 import MotoS3, record
 from tests.servers import free_port
 from tests.test_settings import run_cli
+from voicebridge.cli import main
+from voicebridge.settings import StorageSettings
+from voicebridge.storage.local import LocalTranscriptStore
+from voicebridge.storage.s3 import S3TranscriptStore
+from voicebridge.storage.s3client import s3_client
 
 pytest_plugins = ["tests.s3_fixtures"]
 pytestmark = pytest.mark.usefixtures("aws_environment")

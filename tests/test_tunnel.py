@@ -8,8 +8,8 @@ import pytest
 from pyngrok import ngrok, process
 from pyngrok.exception import PyngrokNgrokInstallError
 
-from app.tunnel import TunnelError, open_tunnel
 from tests.doubles.ngrok_agent import FakeNgrokAgent, install
+from voicebridge.tunnel import TunnelError, open_tunnel
 
 TOKEN = "ngrok-test-authtoken-42"
 DOMAIN = "voicebridge-dev.ngrok-free.app"

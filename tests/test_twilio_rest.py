@@ -7,14 +7,14 @@ from collections.abc import Iterator
 import pytest
 from twilio.base.exceptions import TwilioRestException
 
-from app.telephony.rest import (
+from tests.doubles.twilio_rest import FakeTwilioRest
+from voicebridge.telephony.rest import (
     TwilioAccountError,
     TwilioNumber,
     VoiceWebhook,
     create_client,
     voice_webhook_url,
 )
-from tests.doubles.twilio_rest import FakeTwilioRest
 
 NUMBER = "+15551230000"
 OLD_URL = "https://old.example.com/voice"

@@ -13,7 +13,7 @@ from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
-from app.wsframes import FrameSplitter, FrameWriter
+from voicebridge.wsframes import FrameSplitter, FrameWriter
 
 MAX_SIZE = 70_000
 

@@ -7,9 +7,9 @@ import asyncio
 import httpx
 from twilio.request_validator import RequestValidator
 
-from app.simulator import ring
 from tests.conftest import AUTH_TOKEN, PUBLIC_BASE_URL
 from tests.servers import RunningServer
+from voicebridge.simulator import ring
 
 
 def signature(url: str, params: dict[str, str], token: str = AUTH_TOKEN) -> str:

@@ -29,8 +29,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from twilio.rest import Client
 
-from app.telephony.rest import create_client
 from tests.doubles.json_http import json_handler
+from voicebridge.telephony.rest import create_client
 
 API = "/2010-04-01"
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2

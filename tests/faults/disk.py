@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-import app.storage.local
-import app.storage.spool
+import voicebridge.storage.local
+import voicebridge.storage.spool
 
 SIZE = 64 * 1024
 _CHUNK = b"\0" * 4096
@@ -56,7 +56,7 @@ class SmallDisk:
         _write_atomically(path, data)
 
 
-_write_atomically = app.storage.local.write_atomically
+_write_atomically = voicebridge.storage.local.write_atomically
 
 
 def _mount_refused(root: Path) -> str | None:
@@ -81,6 +81,6 @@ def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Smal
             subprocess.run(["umount", "--lazy", str(root)], check=False, timeout=10)
         return
     disk = SmallDisk(root, mounted=False)
-    for module in (app.storage.local, app.storage.spool):
+    for module in (voicebridge.storage.local, voicebridge.storage.spool):
         monkeypatch.setattr(module, "write_atomically", disk.write_atomically)
     yield disk

@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import urlsplit
 
-from app.wsframes import FrameWriter
+from voicebridge.wsframes import FrameWriter
 
 _TCP_CLOSE = 7  # tcpi_state after a reset (a FIN leaves CLOSE_WAIT)
 _PING = 0x89  # FIN | ping
