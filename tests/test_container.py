@@ -202,10 +202,10 @@ def test_the_runtime_install_has_no_dev_package_and_imports_every_module(
     runtime_venv: Path,
 ) -> None:
     script = (
-        "import importlib, importlib.util, pkgutil, sys, app\n"
+        "import importlib, importlib.util, pkgutil, sys, voicebridge\n"
         f"dev = [m for m in {DEV_ONLY!r} if importlib.util.find_spec(m)]\n"
         "assert not dev, f'dev-only packages installed: {dev}'\n"
-        "for module in pkgutil.walk_packages(app.__path__, 'app.'):\n"
+        "for module in pkgutil.walk_packages(voicebridge.__path__, 'voicebridge.'):\n"
         "    if not module.name.endswith('__main__'):\n"
         "        importlib.import_module(module.name)\n"
     )
