@@ -36,7 +36,7 @@ from typing import Protocol
 from app.cli import CommandError
 from app.settings import DevSettings
 from app.telephony.rest import TwilioAccountError, TwilioNumber, VoiceWebhook, voice_webhook_url
-from app.tunnel import TunnelError, open_tunnel
+from app.tunnel import TunnelError, open_tunnel, require_pyngrok
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -108,6 +108,8 @@ def run_dev(settings: DevSettings, port: int, deps: DevDependencies) -> int:
 
 
 def _up(settings: DevSettings, port: int, deps: DevDependencies, undo: ExitStack) -> int:
+    if settings.public_base_url is None:
+        require_pyngrok()
     ensure_port_free(port)
     number = deps.phone_number(settings)
     number.current()  # bad credentials or an unknown number fail here, before anything starts

@@ -25,7 +25,7 @@ PLACEHOLDER_APP = "voicebridge-change-me"
 APP_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
 # What goes into the image (or the machines' config): a commit touching none of these
 # needs no redeploy. Keep in step with the Dockerfile's COPY lines.
-IMAGE_INPUTS = ("app", "pyproject.toml", "uv.lock", "README.md", "Dockerfile", "fly.toml")
+IMAGE_INPUTS = ("app", "pyproject.toml", "uv.lock", "Dockerfile", "fly.toml")
 
 
 class DeployError(Exception):
