@@ -49,5 +49,5 @@ run: sync ## start the server locally (settings, PORT included, from the environ
 dev: sync ## call your agent from your phone: server with reload + ngrok tunnel + number pointed at it
 	$(RUN) voicebridge dev
 
-bench: sync ## load benchmark: N concurrent calls through the bridge (BENCH_ARGS="--calls 1,50 --duration 20")
+bench: sync ## load benchmark: N concurrent calls through the bridge (BENCH_ARGS="--calls 1,50 --duration 20 --out DIR"; default DIR bench/results/local, git-ignored)
 	$(RUN) python -m bench.run $(BENCH_ARGS)
