@@ -2,8 +2,9 @@
 # uv comes from PATH, or is installed with pip into .tools/ on first use.
 
 PYTHON ?= python3
-# Production's Python (the Dockerfile's): on PATH, else the newest pyenv 3.12.
-PYTHON312 ?= $(shell command -v python3.12 2>/dev/null || ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python3.12 2>/dev/null | sort -V | tail -1)
+# Production's Python (the Dockerfile's): the first python3.12 that runs, from PATH (a pyenv
+# shim there may not run) or pyenv's own versions, newest first.
+PYTHON312 ?= $(shell for p in $$(command -v python3.12) $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python3.12 2>/dev/null | sort -rV); do $$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && { echo $$p; break; }; done)
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
