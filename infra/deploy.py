@@ -52,7 +52,8 @@ class Deployment:
         self.plan: list[str] = []
 
     def run(self) -> None:
-        app_exists = self.ensure_app() if self.check_fly() else self.plan_blind()
+        self.check_fly()
+        app_exists = self.ensure_app()
         self.ensure_bucket()
         staged = self.stage_secrets(app_exists)
         self.deploy(app_exists, staged=staged)
@@ -69,15 +70,15 @@ class Deployment:
         assert self._flyctl is not None
         return self._flyctl
 
-    def check_fly(self) -> bool:
-        """Whether flyctl can look at Fly; a real run stops here if it cannot."""
+    def check_fly(self) -> None:
+        """flyctl must be able to look at Fly: a real run stops if not, a dry run plans blind."""
         if self._flyctl is None:
             problem = f"flyctl is not installed (no `fly` on PATH): see {INSTALL_FLYCTL}"
         elif not self._flyctl.succeeds("auth", "whoami"):
             problem = "flyctl is not logged in: run `fly auth login`"
         else:
             self.say("ok", "flyctl is logged in")
-            return True
+            return
         if not self.options.dry_run:
             raise DeployError(problem)
         self._flyctl = None
@@ -86,18 +87,11 @@ class Deployment:
             f"{problem}; so the dry run cannot look at Fly and plans a first deploy "
             "(a real run looks first and skips what already exists)",
         )
-        return False
-
-    def plan_blind(self) -> bool:
-        """The app's step when Fly cannot be asked (a dry run): as if it did not exist."""
-        app, org = self.options.app, self.options.org
-        self.change(["apps", "create", app, "--org", org], f"create app {app} in org {org}")
-        return False
 
     def ensure_app(self) -> bool:
         """Create the app if missing; whether it exists now (a dry run creates nothing)."""
         app = self.options.app
-        if app in names(self.fly.json("apps", "list", "--json")):
+        if self._flyctl is not None and app in names(self.fly.json("apps", "list", "--json")):
             self.say("ok", f"app {app} exists")
             return True
         self.change(
