@@ -7,13 +7,20 @@ this module only assembles them and turns configuration errors into readable exi
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.settings import DevSettings, SettingsError, TwilioSettings, load_settings, load_settings_as
+from app.settings import (
+    DevSettings,
+    Settings,
+    SettingsError,
+    TwilioSettings,
+    check_port,
+    load_serving_settings,
+    load_settings_as,
+)
 
 
 class CommandError(Exception):
@@ -24,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result: int = args.run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
     except SettingsError as error:
         print(error, file=sys.stderr)
         return 2
@@ -32,6 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `voicebridge transcripts list | head -1`: the reader has what it wanted. As
+        # Python's docs advise: stdout to devnull, so the exit's flush cannot fail again;
+        # the status is a SIGPIPE death's, as for `cat`.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
     return result
 
 
@@ -44,12 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dev(commands)
     _add_twilio(commands)
     _add_call(commands)
-    _add_simulate(commands)
-    # Imported here: the group's module needs `CommandError` from this one.
+    # Imported here: the groups' modules need `CommandError` from this one.
+    from app.simulate_cli import add_command as add_simulate_command
     from app.storage.cli import add_commands as add_transcript_commands
 
+    add_simulate_command(commands)
     add_transcript_commands(commands)
     return parser
+
+
+def port_number(value: str) -> int:
+    """`--port`: a TCP port, checked as the PORT setting is."""
+    try:
+        return check_port(int(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (1-65535)") from None
 
 
 def _add_call(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -65,7 +88,9 @@ def _add_call(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--host", default="0.0.0.0", help="interface to listen on")  # noqa: S104
-    serve.add_argument("--port", type=int, default=None, help="port (default: $PORT or 8080)")
+    serve.add_argument(
+        "--port", type=port_number, help="port (default: the PORT setting, else 8080)"
+    )
     serve.add_argument("--reload", action="store_true", help="restart when app/ code changes")
     serve.set_defaults(run=_serve)
 
@@ -75,7 +100,9 @@ def _add_dev(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "dev",
         help="develop against your phone: server with reload, ngrok tunnel, number pointed at it",
     )
-    dev.add_argument("--port", type=int, default=None, help="local port (default: $PORT or 8080)")
+    dev.add_argument(
+        "--port", type=port_number, help="local port (default: the PORT setting, else 8080)"
+    )
     dev.set_defaults(run=_dev)
 
 
@@ -89,46 +116,30 @@ def _add_twilio(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     point.set_defaults(run=_point_number)
 
 
-def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    simulate = commands.add_parser(
-        "simulate", help="call a running server as Twilio would, from a WAV file"
-    )
-    simulate.add_argument("--wav", type=Path, required=True, help="what the caller says")
-    simulate.add_argument(
-        "--server", default="http://127.0.0.1:8080", help="the running server's base URL"
-    )
-    simulate.add_argument(
-        "--out", type=Path, default=Path("agent.wav"), help="where to save what the agent said"
-    )
-    simulate.add_argument("--from", dest="from_number", default="+15550001111")
-    simulate.add_argument("--to", dest="to_number", default="+15550002222")
-    simulate.set_defaults(run=_simulate)
-
-
 def _serve(args: argparse.Namespace) -> int:
+    from app.dev import ensure_port_free
     from app.logs import configure_logging, register_secrets
     from app.main import create_app
     from app.server import run, run_reloading
 
-    settings = load_settings()
+    settings = load_serving_settings(Settings)
+    port = args.port or settings.port
+    ensure_port_free(port, args.host, command="make run")
     register_secrets(*settings.secret_values())
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)  # with --reload too: bad settings stop us here, readably
     if args.reload:
-        run_reloading(settings, args.host, _port(args))
+        run_reloading(settings, args.host, port)
     else:
-        run(app, settings, args.host, _port(args))
+        run(app, settings, args.host, port)
     return 0
-
-
-def _port(args: argparse.Namespace) -> int:
-    return int(args.port or os.environ.get("PORT", "8080"))
 
 
 def _dev(args: argparse.Namespace) -> int:
     from app.dev import DevDependencies, run_dev
 
-    return run_dev(load_settings_as(DevSettings), _port(args), DevDependencies.real())
+    settings = load_serving_settings(DevSettings)
+    return run_dev(settings, args.port or settings.port, DevDependencies.real())
 
 
 def _point_number(args: argparse.Namespace) -> int:
@@ -168,38 +179,4 @@ def _call(args: argparse.Namespace) -> int:
     except (OutboundError, TwilioAccountError) as error:
         raise CommandError(str(error)) from None
     print(f"calling {to}: {call_sid}")
-    return 0
-
-
-def _simulate(args: argparse.Namespace) -> int:
-    """Ring the server's webhook like Twilio (signed with TWILIO_AUTH_TOKEN when set),
-    then stream the WAV over the media stream it opens."""
-    from urllib.error import URLError
-
-    from app.simulator import new_sid, ring, run_simulation
-
-    if not args.wav.is_file():
-        raise CommandError(f"no such WAV file: {args.wav}")
-    settings = load_settings()  # the server's own .env: same token, same public URL
-    token = settings.twilio_auth_token
-    call_sid = new_sid("CA")
-    try:
-        parameters = ring(
-            args.server,
-            call_sid=call_sid,
-            caller=args.from_number,
-            called=args.to_number,
-            auth_token=token.get_secret_value() if token else None,
-            public_base_url=settings.public_base_url,
-        )
-    except (URLError, ValueError) as error:
-        raise CommandError(f"could not ring {args.server}: {error}") from None
-    stream_url = args.server.replace("http", "ws", 1).rstrip("/") + "/media-stream"
-    summary = asyncio.run(
-        run_simulation(stream_url, args.wav, args.out, parameters=parameters, call_sid=call_sid)
-    )
-    print(
-        f"heard {summary.heard_ms} ms of agent audio in {summary.utterances} utterances "
-        f"(reply after {summary.reply_latency_ms} ms); saved to {args.out}"
-    )
     return 0

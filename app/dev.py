@@ -167,8 +167,10 @@ def banner(
     )
 
 
-def ensure_port_free(port: int, host: str = "127.0.0.1") -> None:
-    with socket.socket() as probe:
+def ensure_port_free(port: int, host: str = "127.0.0.1", command: str = "make dev") -> None:
+    """One line for a port in use, before uvicorn would log its own error lines."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
         # As uvicorn does: a just-closed server's lingering connections are no conflict.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -176,7 +178,7 @@ def ensure_port_free(port: int, host: str = "127.0.0.1") -> None:
         except OSError:
             raise CommandError(
                 f"port {port} is already in use (another server?): stop it, "
-                f"or pick another port, e.g. PORT={port + 1} make dev"
+                f"or pick another port, e.g. PORT={port + 1} {command}"
             ) from None
 
 

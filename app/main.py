@@ -25,7 +25,7 @@ from twilio.base.exceptions import TwilioRestException
 
 from app.call.media_socket import MediaStreamSocket
 from app.call.stream import CallServices, handle_media_stream
-from app.call.tools import Tool, ToolsError, builtin_tools, load_tools
+from app.call.tools import Tool, builtin_tools, load_tools
 from app.http_limits import CLOSE, MAX_BODY_BYTES, read_body, read_form
 from app.logs import RateLimitedLog, call_sid_var
 from app.metrics import CONTENT_TYPE, Metrics
@@ -58,10 +58,8 @@ APOLOGY = (
 
 
 def _tools(settings: Settings) -> list[Tool]:
-    try:
-        custom = load_tools(settings.agent_tools) if settings.agent_tools else []
-    except ToolsError as error:
-        raise SettingsError([("AGENT_TOOLS", str(error))]) from None
+    """AGENT_TOOLS was loaded once already, by `serving_problems`: it loads."""
+    custom = load_tools(settings.agent_tools) if settings.agent_tools else []
     return builtin_tools(settings.transfer_number) + custom
 
 

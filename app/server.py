@@ -3,7 +3,8 @@
 uvicorn's own shutdown closes every WebSocket at once (1012): every caller would be cut
 off by a deploy. So the first signal starts a drain instead — no new calls, live ones run
 to their end or the drain timeout — and only then does uvicorn's shutdown begin. A second
-signal stops at once.
+signal stops at once; the same signal again within `REPEAT_WINDOW_S` is the first one
+delivered twice (`make run`: to the process group, and forwarded by `uv run`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import logging
 import socket
 import struct
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -40,6 +42,7 @@ _frames = FrameWriter(masked=False)
 MAX_WRITE_BUFFER = 512 * 1024  # ~45 s of agent audio; a peer that reads never nears it
 CLOSE_TIMEOUT_S = 2.0  # for the peer's close frame, then again for it to read the rest
 SHUTDOWN_TIMEOUT_S = 5  # after the drain (its calls are over, their sockets closing)
+REPEAT_WINDOW_S = 1.0  # a signal repeated sooner is a duplicate, not a second request
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets, the kernel keeps nothing
 
 
@@ -279,6 +282,7 @@ class DrainingServer(uvicorn.Server):
         self._settings = settings
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining: asyncio.Task[None] | None = None
+        self._first_signal: tuple[int, float] | None = None
 
     async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         self._loop = asyncio.get_running_loop()
@@ -286,10 +290,23 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """Runs in the signal handler: hand over to the event loop."""
+        now = time.monotonic()
+        if self._first_signal is None:
+            self._first_signal = (sig, now)
+        elif self._first_signal[0] == sig and now - self._first_signal[1] < REPEAT_WINDOW_S:
+            return
         if self._loop is None or self._draining is not None:
             self.should_exit = self.force_exit = True
             return
         self._loop.call_soon_threadsafe(self._start_drain)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn skips the app's shutdown on a forced exit, and the app's lifespan task
+        is then cancelled as the loop closes, which Litestar logs as a traceback: it runs
+        anyway (the transcript store closes, within TRANSCRIPT_FLUSH_TIMEOUT_S)."""
+        await super().shutdown(sockets)
+        if self.force_exit:
+            await self.lifespan.shutdown()
 
     def _start_drain(self) -> None:
         if self._draining is None:

@@ -20,9 +20,13 @@ from pydantic import (
     SecretStr,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.call.tools import ToolsError, load_tools
 
 DEFAULT_INSTRUCTIONS = (
     "You are a friendly, concise voice assistant on a phone call. Speak naturally, in short "
@@ -30,6 +34,7 @@ DEFAULT_INSTRUCTIONS = (
 )
 
 AddressingStyle = Literal["auto", "virtual", "path"]
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 # What to tell a user about each setting when it is missing or wrong.
 HINTS: dict[str, str] = {
@@ -59,6 +64,9 @@ HINTS: dict[str, str] = {
     "NGROK_DOMAIN": "a domain of your ngrok account (https://dashboard.ngrok.com/domains)",
     "NGROK_PATH": "an ngrok agent executable on disk; unset, pyngrok finds or downloads one",
     "FORWARDED_ALLOW_IPS": "the proxies to believe X-Forwarded-For from, e.g. 127.0.0.1,::1",
+    "PORT": "the port to listen on, 1-65535 (default 8080)",
+    "LOG_LEVEL": f"one of {', '.join(LOG_LEVELS)} (default INFO)",
+    "LOG_FORMAT": "text or json",
 }
 
 
@@ -73,13 +81,36 @@ class SettingsError(Exception):
         super().__init__("\n".join(lines))
 
 
-class StorageSettings(BaseSettings):
-    """Where transcripts go: enough on its own for `voicebridge transcripts` on a laptop,
-    which must not demand an OpenAI key just to read calls back."""
-
+class _EnvSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
     )
+
+
+class CallerSettings(_EnvSettings):
+    """What `voicebridge simulate` shares with the server it calls: the token to sign the
+    webhook with and the URL the server checks signatures against. A client: it needs no
+    OpenAI key and no other server setting."""
+
+    public_base_url: str | None = None
+    twilio_auth_token: SecretStr | None = None
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL such as https://abc.ngrok.app")
+        if parts.query:
+            raise ValueError("must not carry a query string")
+        return value.strip().rstrip("/")
+
+
+class StorageSettings(_EnvSettings):
+    """Where transcripts go: enough on its own for `voicebridge transcripts` on a laptop,
+    which must not demand an OpenAI key just to read calls back."""
 
     transcripts_dir: Path = Path("transcripts")
     transcripts_bucket: str | None = Field(
@@ -121,13 +152,12 @@ class StorageSettings(BaseSettings):
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
-class Settings(StorageSettings):
+class Settings(StorageSettings, CallerSettings):
     """All settings; names match the environment variables (case-insensitive)."""
 
     openai_api_key: SecretStr
     openai_realtime_url: str = "wss://api.openai.com/v1/realtime"
     openai_realtime_model: str = "gpt-realtime"
-    public_base_url: str | None = None
 
     agent_instructions: str = DEFAULT_INSTRUCTIONS
     agent_instructions_file: Path | None = None
@@ -138,7 +168,6 @@ class Settings(StorageSettings):
     vad_silence_ms: Annotated[int, Field(ge=100, le=5000)] = 500
 
     twilio_account_sid: str | None = None
-    twilio_auth_token: SecretStr | None = None
     twilio_phone_number: str | None = None
     twilio_api_base_url: str | None = None
     twilio_validate_signatures: bool = True
@@ -170,6 +199,7 @@ class Settings(StorageSettings):
     ngrok_domain: str | None = None
     ngrok_path: Path | None = None
 
+    port: int = 8080
     log_level: str = "INFO"
     log_format: Annotated[str, Field(pattern="^(text|json)$")] = "text"
 
@@ -187,17 +217,18 @@ class Settings(StorageSettings):
             raise ValueError("must start with ws:// or wss://")
         return value.rstrip("?")
 
-    @field_validator("public_base_url")
+    @field_validator("port")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        parts = urlsplit(value.strip())
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("must be an http(s) URL such as https://abc.ngrok.app")
-        if parts.query:
-            raise ValueError("must not carry a query string")
-        return value.strip().rstrip("/")
+    def _port(cls, value: int) -> int:
+        return check_port(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: object) -> object:
+        level = str(value).strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"{value!r} is not a log level")
+        return level
 
     @field_validator("outbound_allowed_prefixes", mode="before")
     @classmethod
@@ -269,7 +300,9 @@ class Settings(StorageSettings):
         return value
 
     def serving_problems(self) -> list[tuple[str, str]]:
-        """Problems that only matter to a server taking calls (the CLI runs without)."""
+        """Problems that only matter to a server taking calls (the CLI runs without):
+        found by using the values (a token to check, a directory to write, AGENT_TOOLS to
+        import)."""
         problems: list[tuple[str, str]] = []
         if self.twilio_validate_signatures and self.twilio_auth_token is None:
             problems.append(
@@ -293,6 +326,11 @@ class Settings(StorageSettings):
             writable = False
         if not writable:
             problems.append((name, f"cannot write to {directory} — choose a writable directory"))
+        if self.agent_tools:
+            try:
+                load_tools(self.agent_tools)
+            except ToolsError as error:
+                problems.append(("AGENT_TOOLS", str(error)))
         return problems
 
     def secret_values(self) -> list[str]:
@@ -370,12 +408,70 @@ class DevSettings(TwilioSettings):
         return value
 
 
-SettingsT = TypeVar("SettingsT", bound=StorageSettings)
+SettingsT = TypeVar("SettingsT", bound=_EnvSettings)
+ServingT = TypeVar("ServingT", bound=Settings)
+
+
+def check_port(port: int) -> int:
+    """A TCP port number: else uvicorn fails with an errno, or the OS picks another port."""
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{port} is not a port number")
+    return port
 
 
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings, turning every validation problem into one `SettingsError`."""
     return load_settings_as(Settings, **overrides)
+
+
+def load_serving_settings(model: type[ServingT], **overrides: Any) -> ServingT:
+    """The settings of a server (`serve`, `dev`): the problems of the values and those
+    found only with them (`serving_problems`: signatures, directories, AGENT_TOOLS) in one
+    `SettingsError`, so a user fixes everything in one round."""
+    try:
+        settings = model(**overrides)
+    except ValidationError as error:
+        problems = _problems(error)
+        reported = {name for name, _ in problems}
+        stand_in = _without_failed(model, error, overrides)
+        if stand_in is not None:
+            problems += [p for p in stand_in.serving_problems() if p[0] not in reported]
+        raise SettingsError(problems) from None
+    problems = settings.serving_problems()
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+def _without_failed(
+    model: type[ServingT], error: ValidationError, overrides: dict[str, Any]
+) -> ServingT | None:
+    """The settings with every value that failed at its default (None for a required
+    one), unchecked: enough to look for the problems the other values have."""
+    failed = {str(item["loc"][0]).lower() for item in error.errors() if item["loc"]}
+
+    def drop_failed(data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if key.lower() not in failed}
+        return data
+
+    unchecked = {
+        name: (Any, None if field.is_required() else field.get_default(call_default_factory=True))
+        for name, field in model.model_fields.items()
+        if name in failed
+    }
+    lenient = create_model(  # type: ignore[call-overload]
+        f"Lenient{model.__name__}",
+        __base__=model,
+        __validators__={"_drop_failed": model_validator(mode="before")(drop_failed)},
+        **unchecked,
+    )
+    lenient.model_config["validate_default"] = False  # BaseSettings validates defaults
+    lenient.model_rebuild(force=True)
+    try:
+        return lenient(**overrides)  # type: ignore[no-any-return]
+    except ValidationError:
+        return None
 
 
 def load_storage_settings(**overrides: Any) -> StorageSettings:

@@ -52,7 +52,6 @@ from app.audio import (
     FRAME_MS,
     SAMPLE_RATE,
     SILENCE_BYTE,
-    read_audio_as_ulaw,
     write_ulaw_wav,
 )
 
@@ -860,7 +859,7 @@ class CallerSimulator:
 
 async def run_simulation(
     url: str,
-    wav_in: str | Path,
+    audio: bytes,
     wav_out: str | Path | None = None,
     *,
     parameters: Mapping[str, str] | None = None,
@@ -869,22 +868,25 @@ async def run_simulation(
     greeting_timeout: float = 5.0,
     reply_timeout: float = 30.0,
     quiet_s: float = 1.5,
+    watch: Callable[[CallerSimulator], Coroutine[Any, Any, None]] | None = None,
 ) -> SimulationSummary:
-    """Place one simulated call: hear the greeting, say ``wav_in``, hear the reply, hang up.
+    """Place one simulated call: hear the greeting, say ``audio`` (μ-law 8 kHz, e.g. from
+    :func:`app.audio.read_audio_as_ulaw`), hear the reply, hang up.
 
     Backs ``voicebridge simulate``. Waits up to ``greeting_timeout`` for a greeting (none is
     fine), lets it finish, speaks the file, then waits up to ``reply_timeout`` for the agent
     to start answering and until it has been quiet for ``quiet_s`` (so a reply in several
     parts, e.g. around a tool call, is heard whole). Everything the agent said is written to
-    ``wav_out`` as a 16-bit PCM 8 kHz WAV.
+    ``wav_out`` as a 16-bit PCM 8 kHz WAV. ``watch`` runs beside the call (e.g. to show
+    its progress) and is cancelled when it ends.
     """
-    audio = read_audio_as_ulaw(wav_in)
     greeting_ms = 0
     reply_ms = 0
     latency_ms: int | None = None
     async with CallerSimulator(
         url, call_sid=call_sid, custom_parameters=parameters, extra_headers=extra_headers
     ) as sim:
+        watcher = asyncio.create_task(watch(sim)) if watch is not None else None
         try:
             try:
                 greeting = await sim.wait_for_agent_audio(greeting_timeout)
@@ -907,6 +909,11 @@ async def run_simulation(
             logger.info("the server ended the call")
         except TimeoutError:
             logger.warning("the agent was still talking after %.1f s", reply_timeout)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
     if wav_out is not None:
         write_ulaw_wav(wav_out, sim.heard)
     return SimulationSummary(
@@ -949,7 +956,12 @@ def ring(
     )
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
         document = response.read().decode()
-    stream = ET.fromstring(document).find("Connect/Stream")  # noqa: S314 - our own TwiML
+    try:
+        twiml = ET.fromstring(document)  # noqa: S314 - the user's own server
+    except ET.ParseError:
+        raise ValueError("its voice webhook answered with something other than TwiML") from None
+    stream = twiml.find("Connect/Stream")
     if stream is None:
-        raise ValueError(f"the webhook answered without opening a stream: {document}")
+        said = " ".join(say.text or "" for say in twiml.iter("Say")).strip()
+        raise ValueError(f"it hung up instead of opening a stream, saying {said!r}")
     return {str(p.get("name")): str(p.get("value")) for p in stream.findall("Parameter")}

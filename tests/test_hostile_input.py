@@ -201,3 +201,33 @@ def test_the_text_log_format_keeps_each_record_on_one_line() -> None:
         "\\r\\x1b[2J\\u2028 field=a\\nb"
     )
     assert line.isprintable()
+
+
+async def test_a_flood_of_openai_errors_is_counted_not_logged_line_by_line(
+    realtime: RealtimeDouble,
+    make_settings: Callable[..., Settings],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = make_settings(agent_greeting="")
+    error = {"type": "error", "event_id": "e", "error": {"type": "invalid_request_error"}}
+    async with serve(create_app(settings)) as server:
+        call_sid = new_sid("CA")
+        parameters = await answer_call(server, call_sid)
+        async with connect(server.ws_url) as ws:
+            await ws.send(start_frame(call_sid, parameters))
+            await realtime.wait_for(lambda: session_ready(realtime))
+            for n in range(200):
+                code = "rate_limited" if n % 2 else f"made_up_{n}"
+                await realtime.inject(
+                    json.dumps(
+                        {**error, "error": {**error["error"], "code": code, "message": "no"}}
+                    )
+                )
+            await speak_and_hear_the_reply(ws, realtime)
+            await hang_up(ws)
+
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("OpenAI error")]
+    assert len(logged) <= 3 + 32 * 3
+    (counted,) = [m for m in logged if "counted but not each logged" in m]
+    assert "100 rate_limited" in counted and "69 other" in counted
+    assert transcript(settings, call_sid)["outcome"] == "completed"

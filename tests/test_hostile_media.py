@@ -10,6 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from app.main import create_app
 from app.settings import Settings
@@ -108,3 +111,29 @@ async def test_sigterm_ends_a_call_whose_twilio_side_stops_reading(
     assert record["outcome"] == "drained"
     assert "time_limit" in [event["type"] for event in record["events"]]
     assert realtime.sessions[0].closed
+
+
+async def test_streams_that_never_prove_their_call_are_few_at_once(
+    realtime: RealtimeDouble,
+    make_settings: Callable[..., Settings],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """However many sockets a flood opens, only a bounded number wait for their `start`
+    (each bounded as above); the rest are refused at the upgrade, with one log line."""
+    app = create_app(make_settings(agent_greeting=""))
+    app.state.services.max_awaiting_start = 3
+    async with serve(app) as server:
+        idle = [await connect(server.ws_url) for _ in range(3)]  # no `start`, ever
+        for _ in range(10):
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(server.ws_url)
+            assert refused.value.response.status_code == 403
+        for ws in idle:
+            await ws.close()
+        call_sid = new_sid("CA")
+        parameters = await answer_call(server, call_sid)
+        async with connect(server.ws_url) as ws:  # room again: a real call gets in
+            await ws.send(start_frame(call_sid, parameters))
+            await realtime.wait_for(lambda: realtime.connections == 1)
+    refusals = [r for r in caplog.records if "wait for their start" in r.getMessage()]
+    assert len(refusals) == 1

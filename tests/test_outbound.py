@@ -3,6 +3,7 @@ twilio SDK; the TwiML they send opens our stream with the call's own signed sett
 
 from __future__ import annotations
 
+import hashlib
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -19,7 +20,6 @@ from app.telephony.outbound import (
     OutboundCall,
     OutboundError,
     check_number,
-    instructions_digest,
 )
 from tests.conftest import ACCOUNT, AUTH_TOKEN, OUR_NUMBER, PUBLIC_BASE_URL
 from tests.doubles.realtime import RealtimeDouble
@@ -95,7 +95,8 @@ async def test_post_calls_places_the_call_and_the_agent_follows_its_instructions
         "+15551234567",
         OUR_NUMBER,
     )
-    assert record["instructions"] == {"source": "call", "sha256": instructions_digest(INSTRUCTIONS)}
+    digest = hashlib.sha256(INSTRUCTIONS.encode()).hexdigest()  # all 64 digits, as named
+    assert record["instructions"] == {"source": "call", "sha256": digest}
     assert record["metadata"] == {"booking": "B42"}
 
 

@@ -29,8 +29,8 @@ async def test_simulate_rings_the_webhook_says_the_wav_and_saves_the_reply(
     caller_wav, agent_wav = tmp_path / "caller.wav", tmp_path / "agent.wav"
     write_ulaw_wav(caller_wav, audio.load("caller_book_table"))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # a client: the server's key only
     for name, value in {
-        "OPENAI_API_KEY": "sk-test",
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
     }.items():
@@ -50,7 +50,9 @@ async def test_simulate_rings_the_webhook_says_the_wav_and_saves_the_reply(
             ],
         )
     assert code == 0
-    assert "heard" in capsys.readouterr().out
+    heard, where = capsys.readouterr().out.splitlines()
+    assert heard.startswith("heard ") and heard.endswith(f"saved to {agent_wav}")
+    assert where.startswith("call CA") and "transcripts/" in where
     with wave.open(str(agent_wav)) as saved:
         heard_ms = saved.getnframes() * 1000 // saved.getframerate()
     expected = audio.duration_ms("agent_greeting") + audio.duration_ms("agent_long_reply")

@@ -387,7 +387,7 @@ async def test_run_simulation_greeting_question_reply(bridge: FakeBridge, tmp_pa
     write_ulaw_wav(wav_in, ms(200, CALLER))
     summary = await run_simulation(
         bridge.url,
-        wav_in,
+        read_audio_as_ulaw(wav_in),
         wav_out,
         parameters={"k": "v"},
         greeting_timeout=1,

@@ -38,7 +38,7 @@ def completed(call_sid: str, **extra: str) -> dict[str, str]:
 
 
 def transcript_of(settings: Settings, call_sid: str) -> dict[str, Any] | None:
-    paths = list(Path(settings.transcripts_dir).glob(f"transcripts/*/*/*/{call_sid}.json"))
+    paths = list(Path(settings.transcripts_dir).glob(f"*/*/*/{call_sid}.json"))
     return dict(json.loads(paths[0].read_text())) if paths else None
 
 

@@ -34,7 +34,7 @@ def test_save_writes_the_json_and_its_text_rendering_under_the_dated_key(
 ) -> None:
     store = LocalTranscriptStore(tmp_path)
     where = store.save(record())
-    assert where == str(tmp_path / "transcripts/2026/03/14/CA00000000000000000000000000000001.json")
+    assert where == str(tmp_path / "2026/03/14/CA00000000000000000000000000000001.json")
     assert json.loads(Path(where).read_text()) == record()
     assert Path(where).with_suffix(".txt").read_text() == render_text(record())
     assert not list(tmp_path.rglob("*.tmp"))
@@ -118,23 +118,53 @@ def test_sync_copies_only_what_is_missing(tmp_path: Path) -> None:
     assert [ref.call_sid for ref in result.downloaded] == ["CAearly", "CAlate"]
     assert result.already_present == 1
     assert destination.get("CAlate") == source.get("CAlate")
-    assert (tmp_path / "copy/transcripts/2026/03/14/CAlate.txt").is_file()
+    assert (tmp_path / "copy/2026/03/14/CAlate.txt").is_file()
     assert sync(source, destination).downloaded == []
 
 
 def test_url_is_a_file_link_and_retention_is_a_bucket_feature(tmp_path: Path) -> None:
     store = filled(tmp_path)
-    assert store.url("CAone", 60) == (
-        (tmp_path / "transcripts/2026/03/13/CAone.json").resolve().as_uri()
-    )
+    assert store.url("CAone", 60) == ((tmp_path / "2026/03/13/CAone.json").resolve().as_uri())
     assert store.retention() is None
     with pytest.raises(StorageError, match="retention is a bucket lifecycle rule"):
         store.set_retention(30)
 
 
 def test_an_unreadable_file_is_a_storage_error_not_a_traceback(tmp_path: Path) -> None:
-    path = tmp_path / "transcripts/2026/03/14/CAbroken.json"
+    path = tmp_path / "2026/03/14/CAbroken.json"
     path.parent.mkdir(parents=True)
     path.write_text("{not json")
     with pytest.raises(StorageError, match=r"CAbroken\.json is not a readable transcript"):
         LocalTranscriptStore(tmp_path).get("CAbroken")
+
+
+def test_transcripts_of_earlier_versions_are_still_found_and_moved_when_written(
+    tmp_path: Path,
+) -> None:
+    """Earlier versions wrote under `transcripts/YYYY/…` (the bucket's prefix, repeated)."""
+    old = LocalTranscriptStore(tmp_path)
+    old.save(record(call_sid="CAold", started_at="2026-03-13T10:00:00.000Z"))
+    legacy = tmp_path / "transcripts/2026/03/13"
+    legacy.mkdir(parents=True)
+    for name in ("CAold.json", "CAold.txt"):
+        (tmp_path / "2026/03/13" / name).rename(legacy / name)
+    store = filled(tmp_path)
+    assert store.get("CAold")["call_sid"] == "CAold"
+    assert [s.call_sid for s in newest_first(store, None, None, 10)] == [
+        "CAlate",
+        "CAearly",
+        "CAone",
+        "CAold",
+    ]
+    store.record_call_status("CAold", {"status": "completed", "duration_s": 3})
+    assert not list(legacy.iterdir()), "moved to the documented place"
+    assert store.get("CAold")["call_status"]["status"] == "completed"
+    assert (tmp_path / "2026/03/13/CAold.txt").is_file()
+
+
+def test_one_of_a_kind_reads_as_english() -> None:
+    one = record(turns=[{"role": "caller", "text": "Hi", "start_ms": 0}], usage={"responses": 1})
+    text = render_text(one)
+    assert " · 1 turn\n" in text
+    assert "over 1 response\n" in text
+    assert summary_line(Summary.from_record(one)).endswith("  1 turn")

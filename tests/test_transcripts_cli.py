@@ -154,7 +154,7 @@ def test_sync_downloads_only_what_is_missing(run: Run, tmp_path: Path) -> None:
     assert len(out.splitlines()) == 4
     assert err == f"4 downloaded, 0 already in {mirror}\n"
     assert LocalTranscriptStore(mirror).get("CAapril1") == CALLS[3]
-    assert (mirror / "transcripts/2026/04/01/CAapril1.txt").is_file()
+    assert (mirror / "2026/04/01/CAapril1.txt").is_file()
     code, out, err = run("sync", str(mirror))
     assert (code, out, err) == (0, "", f"0 downloaded, 4 already in {mirror}\n")
 

@@ -26,7 +26,7 @@ from app.call.cost import cost_record
 from app.call.media_socket import MediaStreamSocket
 from app.call.tools import Tool, run_tool
 from app.call.transcript import Turn
-from app.logs import call_sid_var
+from app.logs import RateLimitedLog, call_sid_var
 from app.metrics import Metrics
 from app.realtime.connection import RealtimeConnection, connect_realtime
 from app.realtime.events import Error, EventError, parse_server_event
@@ -46,9 +46,14 @@ from app.telephony.signatures import InvalidToken, StreamTokens, webhook_signatu
 log = logging.getLogger("voicebridge.call")
 
 START_TIMEOUT_S = 10.0
+# Streams that have not sent a valid `start` yet, at once: Twilio's wait a few ms, so
+# only a flood reaches this, and it cannot hold more than this many sockets' bounds.
+MAX_AWAITING_START = 128
 # Sessions lost (not rolled over) in one call before it ends with the apology: a network
 # that keeps failing gets no endless loop of new sessions.
 MAX_SESSION_LOSSES = 20
+ERRORS_LOGGED_PER_CODE = 3  # OpenAI error events, per call
+MAX_ERROR_CODES = 32  # distinct codes counted per call; the rest count as "other"
 GIVE_UP = "give up"  # a session that never worked outlived the outage's deadline
 ENDING_TIMEOUT_S = 5.0  # after the drain: for the calls still live to hang up and save
 TRANSCRIPTION_GRACE_S = 0.8  # after hang-up, wait this long at most for the last caller text
@@ -57,6 +62,7 @@ WATCH_INTERVAL_S = 0.25
 
 NORMAL_CLOSURE = 1000
 POLICY_VIOLATION = 1008
+TRY_AGAIN_LATER = 1013
 
 
 class CallControl(Protocol):
@@ -80,6 +86,11 @@ class CallServices:
     tools: dict[str, Tool] = field(default_factory=dict)
     control: CallControl | None = None
     start_timeout_s: float = START_TIMEOUT_S
+    awaiting_start: int = 0  # streams open that have not proven their call yet
+    max_awaiting_start: int = MAX_AWAITING_START
+    # Streams refused before they proved their call: anyone can open one, so at most one
+    # line per kind every 10 s, with a count of the rest.
+    refusals: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log))
 
 
 async def handle_media_stream(socket: MediaStreamSocket, services: CallServices) -> None:
@@ -94,32 +105,33 @@ async def _serve_stream(socket: MediaStreamSocket, services: CallServices) -> No
     """Serve one Twilio media stream from `start` to hang-up, then save the transcript.
 
     Nothing reaches OpenAI (no session is even opened) before `start` proves the stream
-    belongs to a call we answered.
+    belongs to a call we answered; until then a stream is one of a bounded number.
     """
-    await socket.accept()
-    if not _handshake_signed(socket, services.settings):
-        log.warning("rejected a media stream: bad X-Twilio-Signature on the handshake")
-        await _close(socket, POLICY_VIOLATION)
+    if services.awaiting_start >= services.max_awaiting_start:
+        services.refusals.warning(
+            "refused a media stream: %d streams already wait for their start",
+            services.awaiting_start,
+        )
+        await _close(socket, TRY_AGAIN_LATER)  # before accept: the upgrade is refused (403)
         return
+    services.awaiting_start += 1
     try:
-        start = await asyncio.wait_for(_receive_start(socket), services.start_timeout_s)
-    except TimeoutError:
-        log.warning("no start message within %.1f s; closing stream", services.start_timeout_s)
-        await _close(socket, POLICY_VIOLATION)
-        return
+        start = await _accept_and_start(socket, services)
+    finally:
+        services.awaiting_start -= 1
     if start is None:
         return
     call_sid_var.set(start.start.call_sid)
     refusal = _refusal(start, services)
     if refusal is not None:
-        log.warning("rejected a media stream: %s", refusal)
+        services.refusals.warning("rejected a media stream: %s", refusal)
         await _close(socket, POLICY_VIOLATION)
         return
     try:
         bridge = CallBridge(_agent_config(services, start.start.custom_parameters))
         call = bridge.start(start)
     except ValueError as error:  # unusable call parameters (MessageError is a ValueError)
-        log.warning("rejected a media stream: %s", error)
+        services.refusals.warning("rejected a media stream: %s", error)
         await _close(socket, POLICY_VIOLATION)
         return
     loops = _LiveCall(socket, bridge, services)
@@ -136,6 +148,26 @@ async def _serve_stream(socket: MediaStreamSocket, services: CallServices) -> No
             await _finish(bridge, services, loops.outcome)
         finally:  # a call counts until its transcript is saved: the drain waits for that
             services.active.pop(call.call_sid, None)
+
+
+async def _accept_and_start(socket: MediaStreamSocket, services: CallServices) -> Start | None:
+    """Accept the stream and wait (bounded) for its `start`; None if it never came or the
+    handshake's signature is wrong (the stream is closed then)."""
+    await socket.accept()
+    if not _handshake_signed(socket, services.settings):
+        services.refusals.warning(
+            "rejected a media stream: bad X-Twilio-Signature on the handshake"
+        )
+        await _close(socket, POLICY_VIOLATION)
+        return None
+    try:
+        return await asyncio.wait_for(_receive_start(socket), services.start_timeout_s)
+    except TimeoutError:
+        services.refusals.warning(
+            "no start message within %.1f s; closing stream", services.start_timeout_s
+        )
+        await _close(socket, POLICY_VIOLATION)
+        return None
 
 
 def _agent_config(services: CallServices, parameters: dict[str, str]) -> AgentConfig:
@@ -210,6 +242,7 @@ class _LiveCall:
 
     # A fixed layout: attribute reads on the audio path stay fast.
     __slots__ = (
+        "_errors",
         "_loop",
         "_outage",
         "_tasks",
@@ -238,6 +271,7 @@ class _LiveCall:
         self._watch_timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self._outage = _Outage(self._loop, services.settings.realtime_reconnect_timeout_s)
+        self._errors: dict[str, int] = {}  # OpenAI error events by code
         # Done when Twilio's side is over: `stop`, the socket closed, or a failure.
         self._twilio_over: asyncio.Future[None] = self._loop.create_future()
 
@@ -277,6 +311,7 @@ class _LiveCall:
                 log.warning("Realtime session lost (%s); opening a new one", reason)
                 self.bridge.session_lost(reason)
         finally:
+            self._log_error_counts()
             await _cancel(reader)
             for task in list(self._tasks):
                 await _cancel(task)
@@ -404,11 +439,7 @@ class _LiveCall:
             if event is None:
                 return
             if isinstance(event, Error):
-                log.warning(
-                    "OpenAI error: %s",
-                    event.error.message,
-                    extra={"code": event.error.code, "type": event.error.type},
-                )
+                self._openai_error(event)
             bridge.realtime_event(event)
             to_twilio = bridge.to_twilio
             if to_twilio:
@@ -427,6 +458,28 @@ class _LiveCall:
             self.socket.bad_input.drop("OpenAI", error.kind, str(error))
         except Exception:
             self._fail("an event from OpenAI")
+
+    def _openai_error(self, event: Error) -> None:
+        """Log OpenAI's error events, but a session that answers every frame with one
+        (a bug on either side) must not flood the logs: the first few of each code are
+        logged, the rest counted (`_log_error_counts`)."""
+        error = event.error
+        code = str(error.code or error.type or "unknown")[:64]
+        if code not in self._errors and len(self._errors) >= MAX_ERROR_CODES:
+            code = "other"
+        seen = self._errors[code] = self._errors.get(code, 0) + 1
+        if seen <= ERRORS_LOGGED_PER_CODE:
+            log.warning(
+                "OpenAI error: %s",
+                error.message[:500],
+                extra={"code": error.code, "type": error.type},
+            )
+
+    def _log_error_counts(self) -> None:
+        counts = {code: n for code, n in self._errors.items() if n > ERRORS_LOGGED_PER_CODE}
+        if counts:
+            listed = ", ".join(f"{n} {code}" for code, n in counts.items())
+            log.warning("OpenAI errors in this call, counted but not each logged: %s", listed)
 
     def _send_openai(self) -> None:
         frames = self.bridge.to_openai

@@ -13,6 +13,8 @@ import asyncio
 import importlib
 import inspect
 import json
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -65,7 +67,12 @@ def tool_from_function(function: Callable[..., Any]) -> Tool:
 
 
 def load_tools(module_path: str) -> list[Tool]:
-    """The public functions defined in `module_path` (or listed in its `__all__`)."""
+    """The public functions defined in `module_path` (or listed in its `__all__`).
+
+    The module is looked for in the working directory first, as `python -m` would: the
+    installed `voicebridge` script has only its own directory on the import path."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_path)
     except ImportError as error:

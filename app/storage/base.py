@@ -45,13 +45,23 @@ class CallRef:
     call_sid: str
 
     @property
+    def path(self) -> str:
+        """`YYYY/MM/DD/<CallSid>.json`: where the call lives under a directory store's root
+        (`TRANSCRIPTS_DIR`); a bucket puts it under `transcripts/` (`key`)."""
+        return f"{self.day:%Y/%m/%d}/{self.call_sid}.json"
+
+    @property
+    def text_path(self) -> str:
+        """The plain-text rendering stored beside the JSON."""
+        return self.path.removesuffix(".json") + ".txt"
+
+    @property
     def key(self) -> str:
-        return f"transcripts/{self.day:%Y/%m/%d}/{self.call_sid}.json"
+        return f"transcripts/{self.path}"
 
     @property
     def text_key(self) -> str:
-        """The plain-text rendering stored beside the JSON."""
-        return self.key.removesuffix(".json") + ".txt"
+        return f"transcripts/{self.text_path}"
 
     @classmethod
     def from_key(cls, key: str) -> CallRef | None:

@@ -27,9 +27,10 @@ from app.storage.summary import Summary
 
 
 class LocalTranscriptStore:
-    """Files laid out like the bucket keys, under `TRANSCRIPTS_DIR`, each `.json` with
-    its `.txt` rendering beside it; Twilio status facts that arrive before the call's
-    transcript wait in `status/<CallSid>.json`.
+    """Files at `TRANSCRIPTS_DIR/YYYY/MM/DD/<CallSid>.json`, each with its `.txt`
+    rendering beside it; Twilio status facts that arrive before the call's transcript wait
+    in `status/<CallSid>.json`. Files of earlier versions, under `transcripts/YYYY/…`
+    (the bucket's prefix, once repeated here), are still read, and moved when next written.
 
     One lock serialises `save` and `record_call_status`: both read-modify-write the same
     files from worker threads, and without it a status could land in a note just after
@@ -66,9 +67,11 @@ class LocalTranscriptStore:
 
     def _write(self, record: Record) -> Path:
         ref = call_ref(record)
-        write_atomically(self.root / ref.text_key, render_text(record).encode())
-        path = self.root / ref.key
+        write_atomically(self.root / ref.text_path, render_text(record).encode())
+        path = self.root / ref.path
         write_atomically(path, encode_record(record))
+        for legacy in (ref.key, ref.text_key):  # now superseded: one copy per call
+            (self.root / legacy).unlink(missing_ok=True)
         return path
 
     def _note_path(self, call_sid: str) -> Path:
@@ -78,23 +81,24 @@ class LocalTranscriptStore:
         return _read(self._find(call_sid))
 
     def has(self, ref: CallRef) -> bool:
-        return (self.root / ref.key).is_file()
+        return self._existing(ref) is not None
 
     def calls(self, since: date | None = None, until: date | None = None) -> list[CallRef]:
-        refs = (
-            CallRef.from_key(path.relative_to(self.root).as_posix())
-            for path in self.root.glob("transcripts/*/*/*/*.json")
-        )
+        refs = {
+            CallRef.from_key(f"transcripts/{path.relative_to(base).as_posix()}")
+            for base in (self.root, self.root / "transcripts")
+            for path in base.glob(_DATED)
+        }
         return [ref for ref in refs if ref is not None and within(ref.day, since, until)]
 
     def summary(self, ref: CallRef) -> Summary:
         return Summary.from_record(self.fetch(ref))
 
     def fetch(self, ref: CallRef) -> Record:
-        try:
-            return _read(self.root / ref.key)
-        except FileNotFoundError:
-            raise TranscriptNotFound(ref.call_sid) from None
+        path = self._existing(ref)
+        if path is None:
+            raise TranscriptNotFound(ref.call_sid)
+        return _read(path)
 
     def url(self, call_sid: str, expires_s: int) -> str:
         """A file:// link: local files need no signature, so `expires_s` does not apply."""
@@ -111,9 +115,21 @@ class LocalTranscriptStore:
 
     def _find(self, call_sid: str) -> Path:
         """The call's file, whatever its date: one directory listing per day, no reads."""
-        for path in self.root.glob(f"transcripts/*/*/*/{check_call_sid(call_sid)}.json"):
-            return path
+        name = f"{check_call_sid(call_sid)}.json"
+        for base in (self.root, self.root / "transcripts"):
+            for path in base.glob(_DATED.replace("*.json", name)):
+                return path
         raise TranscriptNotFound(call_sid)
+
+    def _existing(self, ref: CallRef) -> Path | None:
+        """The call's file where this version writes it, else where earlier ones did."""
+        for path in (self.root / ref.path, self.root / ref.key):
+            if path.is_file():
+                return path
+        return None
+
+
+_DATED = "[0-9][0-9][0-9][0-9]/[0-9][0-9]/[0-9][0-9]/*.json"  # YYYY/MM/DD/<CallSid>.json
 
 
 def encode_record(record: Record) -> bytes:

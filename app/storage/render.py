@@ -19,7 +19,7 @@ def render_text(record: Record) -> str:
         f"Call {summary.call_sid} · {summary.direction or 'unknown direction'} · "
         f"{summary.from_number or '?'} → {summary.to_number or '?'}",
         f"Started {summary.started_at} · {_duration(summary.duration_s)} · "
-        f"{summary.turns} turn{'' if summary.turns == 1 else 's'}",
+        f"{plural(summary.turns, 'turn')}",
         "",
     ]
     lines += [_turn_line(turn) for turn in record.get("turns", ())]
@@ -34,7 +34,7 @@ def render_text(record: Record) -> str:
         lines += [
             "",
             f"Tokens: {usage.get('input_tokens', 0)} in, {usage.get('output_tokens', 0)} out "
-            f"over {usage.get('responses', 0)} responses",
+            f"over {plural(usage.get('responses', 0), 'response')}",
         ]
     return "\n".join(lines) + "\n"
 
@@ -58,8 +58,13 @@ def summary_line(summary: Summary) -> str:
     return (
         f"{moment}Z  {summary.call_sid}  {summary.from_number or '-':<16}  "
         f"{summary.to_number or '-':<16}  {_duration(summary.duration_s):>8}  "
-        f"{summary.turns:>3} turns"
+        f"{plural(summary.turns, 'turn', width=3)}"
     )
+
+
+def plural(count: int, noun: str, *, width: int = 0) -> str:
+    """`1 turn`, `3 turns`: numbers in the CLI's output read as English."""
+    return f"{count:>{width}} {noun}{'' if count == 1 else 's'}"
 
 
 def _turn_line(turn: dict[str, Any]) -> str:

@@ -125,8 +125,10 @@ def call_instructions(parameters: Mapping[str, str]) -> str | None:
 
 
 def instructions_digest(instructions: str) -> str:
-    """Names per-call instructions in a transcript without copying them in."""
-    return hashlib.sha256(instructions.encode()).hexdigest()[:16]
+    """Names per-call instructions in a transcript without copying them in: the whole
+    SHA-256 (64 hex digits), as the transcript schema calls it, so `sha256sum` of the
+    instructions file matches it."""
+    return hashlib.sha256(instructions.encode()).hexdigest()
 
 
 def _pack(text: str) -> str:
