@@ -26,8 +26,9 @@ ENV UV_COMPILE_BYTECODE=1 \
 
 WORKDIR /build
 
-# Dependencies first, in their own layer: it is rebuilt only when the lock changes.
-COPY pyproject.toml uv.lock README.md ./
+# Dependencies first, in their own layer: it is rebuilt only when the lock changes (the
+# project's metadata names no readme, so a README edit rebuilds nothing).
+COPY pyproject.toml uv.lock ./
 RUN uv sync --locked --no-dev --no-install-project
 
 # Then the application itself, installed as a regular (non-editable) package so the

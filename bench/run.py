@@ -9,6 +9,9 @@ call's one-off costs to every call.
 Measured over the steady window only (every call connected and streaming; set-up and
 hang-up excluded): the server's CPU time (psutil) and its peak RSS. Escalation stops
 after a level that lost frames, dropped calls, or whose added p99 passed `--max-p99-ms`.
+
+Results go to `--out DIR`, by default bench/results/local/ (git-ignored): the committed
+results in bench/results/ change only when someone means to (`--out bench/results`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from bench import loadgen, procs, profile, report
 from bench.procs import Child
 
 DEFAULT_CALLS = (1, 50, 100, 200, 400)
-RESULTS_DIR = procs.REPO_ROOT / "bench" / "results"
+RESULTS_DIR = procs.REPO_ROOT / "bench" / "results" / "local"
 RSS_SAMPLE_S = 0.25
 CORE_SATURATED_PCT = 90.0
 OTHERS_BUSY_PCT = 10.0
@@ -361,7 +364,7 @@ def _calls(text: str) -> list[int]:
     return values
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_config(argv: Sequence[str] | None = None) -> BenchConfig:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument(
         "--calls",
@@ -380,7 +383,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--max-p99-ms", type=float, default=100.0, help="stop escalating past this added p99"
     )
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS_DIR,
+        metavar="DIR",
+        help="where the JSON, plot and profile go (default: bench/results/local, git-ignored; "
+        "the committed results are bench/results)",
+    )
     parser.add_argument("--name", default="latest", help="file stem of the JSON and PNG")
     parser.add_argument(
         "--profile",
@@ -405,24 +415,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"used over {OTHERS_BUSY_PCT:g}%% of a core during it",
     )
     args = parser.parse_args(argv)
-    cfg = BenchConfig(
+    return BenchConfig(
         calls=args.calls,
         duration_s=args.duration,
         direct_streams=args.direct_streams,
         mark_mode=args.marks,
         max_p99_ms=args.max_p99_ms,
-        results_dir=args.results_dir,
+        results_dir=args.out,
         name=args.name,
         profile_calls=args.profile,
         profile_s=args.profile_seconds,
         quiet_wait_s=args.quiet_wait,
         retries=args.retries,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse_config(argv)
     procs.pin(os.getpid(), procs.LOAD_CORE)  # keep the orchestrator off the server's core
     result = asyncio.run(run_bench(cfg))
     print(report.table(result["levels"]))
     if result["stopped"]:
         print(f"\nstopped: {result['stopped']}")
+    print(f"\nresults: {cfg.results_dir / cfg.name}.json")
     return 0
 
 

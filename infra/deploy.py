@@ -1,6 +1,6 @@
 """First deploy and every redeploy of VoiceBridge on Fly.io, from `.env`.
 
-    uv run python -m infra.deploy --app my-voicebridge [--dry-run]
+    .venv/bin/python -m infra.deploy --app my-voicebridge [--dry-run]
 
 Each step looks first and changes only what is missing or different, so rerunning is
 safe and, when everything is already right, changes nothing:
@@ -20,6 +20,10 @@ safe and, when everything is already right, changes nothing:
 Output marks: `ok` already right, `+` changed, `=` re-applied (a PUT of the same
 value: idempotent, cheap, and it repairs a change made by hand), `-` skipped, `!` look.
 No secret value is ever printed: only names.
+
+`--dry-run` changes nothing and needs nothing installed: without flyctl (or its login)
+it cannot look at Fly, so it plans as for a first deploy and says so; it ends with the
+plan's summary.
 """
 
 from __future__ import annotations
@@ -35,15 +39,17 @@ from infra.fly import Fly, FlyError, field, names
 from infra.options import DeployError, Options, parse_options
 
 TWILIO_SETTINGS = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_PHONE_NUMBER")
+INSTALL_FLYCTL = "https://fly.io/docs/flyctl/install/"
 
 
 class Deployment:
-    """The steps above, against one app; `dry_run` looks but never changes."""
+    """The steps above, against one app; `dry_run` looks (where it can) but never changes."""
 
-    def __init__(self, options: Options, fly: Fly, out: TextIO) -> None:
+    def __init__(self, options: Options, fly: Fly | None, out: TextIO) -> None:
         self.options = options
-        self.fly = fly
+        self._flyctl = fly
         self.out = out
+        self.plan: list[str] = []
 
     def run(self) -> None:
         self.check_fly()
@@ -53,17 +59,39 @@ class Deployment:
         self.deploy(app_exists, staged=staged)
         self.point_number()
         self.apply_retention()
-        self.say("ok", f"done: {self.options.public_base_url}")
+        if self.options.dry_run:
+            self.summarize()
+        else:
+            self.say("ok", f"done: {self.options.public_base_url}")
+
+    @property
+    def fly(self) -> Fly:
+        """flyctl, once `check_fly` found it logged in (only a dry run goes on without)."""
+        assert self._flyctl is not None
+        return self._flyctl
 
     def check_fly(self) -> None:
-        if not self.fly.succeeds("auth", "whoami"):
-            raise DeployError("flyctl is not logged in: run `fly auth login`")
-        self.say("ok", "flyctl is logged in")
+        """flyctl must be able to look at Fly: a real run stops if not, a dry run plans blind."""
+        if self._flyctl is None:
+            problem = f"flyctl is not installed (no `fly` on PATH): see {INSTALL_FLYCTL}"
+        elif not self._flyctl.succeeds("auth", "whoami"):
+            problem = "flyctl is not logged in: run `fly auth login`"
+        else:
+            self.say("ok", "flyctl is logged in")
+            return
+        if not self.options.dry_run:
+            raise DeployError(problem)
+        self._flyctl = None
+        self.say(
+            "!",
+            f"{problem}; so the dry run cannot look at Fly and plans a first deploy "
+            "(a real run looks first and skips what already exists)",
+        )
 
     def ensure_app(self) -> bool:
         """Create the app if missing; whether it exists now (a dry run creates nothing)."""
         app = self.options.app
-        if app in names(self.fly.json("apps", "list", "--json")):
+        if self._flyctl is not None and app in names(self.fly.json("apps", "list", "--json")):
             self.say("ok", f"app {app} exists")
             return True
         self.change(
@@ -74,7 +102,7 @@ class Deployment:
 
     def ensure_bucket(self) -> None:
         bucket = self.options.bucket
-        if bucket in self.bucket_names():
+        if self._flyctl is not None and bucket in self.bucket_names():
             self.say("ok", f"bucket {bucket} exists")
             return
         # Created before the first deploy, its secrets are staged with the rest.
@@ -148,8 +176,10 @@ class Deployment:
             self.say("-", f"Twilio number not pointed: set {', '.join(missing)} in .env")
             return
         url = self.options.webhook_url
+        description = f"point {env['TWILIO_PHONE_NUMBER']} at {url}"
         dry = " [dry run: not done]" if self.options.dry_run else ""
-        self.say("=", f"point {env['TWILIO_PHONE_NUMBER']} at {url}{dry}")
+        self.say("=", description + dry)
+        self.plan.append(description)
         if dry:
             return
         command = [*self.options.voicebridge, "twilio", "point-number", url]
@@ -175,8 +205,18 @@ class Deployment:
     ) -> None:
         """Announce a change, then make it unless this is a dry run."""
         self.say(mark, description + (" [dry run: not done]" if self.options.dry_run else ""))
+        self.plan.append(description)
         if not self.options.dry_run:
             self.fly.change(args, shown=shown or " ".join(args[:2]))
+
+    def summarize(self) -> None:
+        """The dry run's last word: what a real run would change, and that nothing did."""
+        steps = self.plan or ["nothing: everything is already as .env and fly.toml say"]
+        print(f"\nPlan for {self.options.app} (dry run: nothing was changed):", file=self.out)
+        for number, step in enumerate(steps, 1):
+            print(f"  {number}. {step}", file=self.out)
+        if self.plan:
+            print("Run it without --dry-run to apply the plan.", file=self.out, flush=True)
 
     def say(self, mark: str, text: str) -> None:
         print(f"{mark:>2}  {text}", file=self.out, flush=True)
@@ -185,8 +225,7 @@ class Deployment:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         options = parse_options(argv)
-        fly = Fly.find(options.project_dir, options.fly)
-        Deployment(options, fly, sys.stdout).run()
+        Deployment(options, Fly.find(options.project_dir, options.fly), sys.stdout).run()
     except (DeployError, FlyError) as error:
         print(f"deploy: {error}", file=sys.stderr)
         return 1

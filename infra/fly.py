@@ -29,15 +29,13 @@ class Fly:
     cwd: Path
 
     @classmethod
-    def find(cls, cwd: Path, explicit: str | None = None) -> Fly:
-        """Locate flyctl: an explicit path, else `fly` or `flyctl` on PATH."""
+    def find(cls, cwd: Path, explicit: str | None = None) -> Fly | None:
+        """Locate flyctl: an explicit path, else `fly` or `flyctl` on PATH; None if absent."""
         for name in [explicit] if explicit else ["fly", "flyctl"]:
             found = shutil.which(name)
             if found:
                 return cls(found, cwd)
-        raise FlyError(
-            "flyctl is not installed (no `fly` on PATH): see https://fly.io/docs/flyctl/install/"
-        )
+        return None
 
     def succeeds(self, *args: str) -> bool:
         """Whether a read-only call exits 0 (its output is discarded)."""

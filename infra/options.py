@@ -10,6 +10,7 @@ import argparse
 import os
 import re
 import subprocess
+import sys
 import time
 import tomllib
 from collections.abc import Sequence
@@ -23,9 +24,11 @@ from voicebridge.settings import SettingsError, load_settings
 ROOT = Path(__file__).resolve().parents[1]
 PLACEHOLDER_APP = "voicebridge-change-me"
 APP_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
+# The CLI of the interpreter running this script, so nothing needs to be on PATH.
+VOICEBRIDGE = [sys.executable, "-m", "voicebridge"]
 # What goes into the image (or the machines' config): a commit touching none of these
 # needs no redeploy. Keep in step with the Dockerfile's COPY lines.
-IMAGE_INPUTS = ("voicebridge", "pyproject.toml", "uv.lock", "README.md", "Dockerfile", "fly.toml")
+IMAGE_INPUTS = ("voicebridge", "pyproject.toml", "uv.lock", "Dockerfile", "fly.toml")
 
 
 class DeployError(Exception):
@@ -83,7 +86,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         config=config,
         image_label=args.image_label or image_label(config.parent),
         retention_days=_retention_days(env.get("TRANSCRIPT_RETENTION_DAYS")),
-        voicebridge=args.voicebridge.split(),
+        voicebridge=args.voicebridge.split() if args.voicebridge else VOICEBRIDGE,
         fly=args.fly,
         dry_run=args.dry_run,
         force_deploy=args.force_deploy,
@@ -136,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--public-url", help="public base URL (default: https://<app>.fly.dev)")
     parser.add_argument("--image-label", help="image tag (default: git-<last image commit>)")
     parser.add_argument(
-        "--voicebridge", default="voicebridge", help="how to run the voicebridge CLI locally"
+        "--voicebridge", help="how to run the voicebridge CLI locally (default: this Python's)"
     )
     parser.add_argument("--fly", help="path to flyctl (default: fly or flyctl on PATH)")
     parser.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")

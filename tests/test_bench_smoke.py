@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from bench import report
-from bench.run import BenchConfig, run_bench
+from bench.run import BenchConfig, parse_config, run_bench
+from tests.dockerfile import ROOT
 from voicebridge.call.playback import MARK_EVERY_MS
 
 CALLS = 2
@@ -69,3 +71,16 @@ async def test_two_calls_every_frame_matched(tmp_path: Path) -> None:
     assert isinstance(level["warnings"], list)
 
     assert str(CALLS) in report.table(result["levels"])
+
+
+def test_results_go_where_asked_and_by_default_where_git_ignores_them(tmp_path: Path) -> None:
+    assert parse_config(["--out", str(tmp_path)]).results_dir == tmp_path
+    default = parse_config([])
+    assert BenchConfig().results_dir == default.results_dir
+    written = default.results_dir / f"{default.name}.json"
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--quiet", "--no-index", str(written.relative_to(ROOT))],
+        cwd=ROOT,
+        check=False,
+    )
+    assert ignored.returncode == 0, f"{written} would be committed"

@@ -24,7 +24,20 @@ from tests import dockerfile
 from tests.dockerfile import ROOT
 from tests.servers import free_port
 
-DEV_ONLY = ("pytest", "mypy", "ruff", "moto", "hypothesis", "openai", "jsonschema")
+# Dev tools, the dev-only ngrok client, and the test-data generators litestar would pull
+# in (pyproject's exclude-dependencies): production imports none of them.
+NOT_IN_PRODUCTION = (
+    "pytest",
+    "mypy",
+    "ruff",
+    "moto",
+    "hypothesis",
+    "openai",
+    "jsonschema",
+    "pyngrok",
+    "polyfactory",
+    "faker",
+)
 
 
 def find_tool(name: str) -> str:
@@ -69,6 +82,16 @@ def test_the_build_uses_the_lock_without_dev_dependencies_and_compiles_bytecode(
     for sync in syncs:
         assert "--locked" in sync and "--no-dev" in sync
     assert dockerfile.env(builder).get("UV_COMPILE_BYTECODE") == "1"
+
+
+def test_the_dependency_layer_needs_only_the_lock() -> None:
+    """So editing the README or the code reuses the cached dependency layer."""
+    builder = dockerfile.stages()[0]
+    first_sync = next(
+        n for n, i in enumerate(builder) if i.keyword == "RUN" and i.args.startswith("uv sync")
+    )
+    copied = [w for i in builder[:first_sync] if i.keyword == "COPY" for w in i.words[:-1]]
+    assert sorted(copied) == ["pyproject.toml", "uv.lock"]
 
 
 def test_no_secret_or_local_state_can_enter_the_image() -> None:
@@ -203,8 +226,8 @@ def test_the_runtime_install_has_no_dev_package_and_imports_every_module(
 ) -> None:
     script = (
         "import importlib, importlib.util, pkgutil, sys, voicebridge\n"
-        f"dev = [m for m in {DEV_ONLY!r} if importlib.util.find_spec(m)]\n"
-        "assert not dev, f'dev-only packages installed: {dev}'\n"
+        f"dev = [m for m in {NOT_IN_PRODUCTION!r} if importlib.util.find_spec(m)]\n"
+        "assert not dev, f'packages production never imports: {dev}'\n"
         "for module in pkgutil.walk_packages(voicebridge.__path__, 'voicebridge.'):\n"
         "    if not module.name.endswith('__main__'):\n"
         "        importlib.import_module(module.name)\n"
@@ -217,3 +240,32 @@ def test_the_runtime_install_has_no_dev_package_and_imports_every_module(
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_voicebridge_dev_without_the_dev_dependencies_says_how_to_get_them(
+    runtime_venv: Path, tmp_path: Path
+) -> None:
+    env = {
+        "PATH": f"{runtime_venv / 'bin'}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "OPENAI_API_KEY": "sk-test",
+        "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+        "TWILIO_AUTH_TOKEN": "test-token",
+        "TWILIO_PHONE_NUMBER": "+15551234567",
+        "NGROK_AUTHTOKEN": "test-authtoken",
+    }
+    done = subprocess.run(
+        [str(runtime_venv / "bin" / "voicebridge"), "dev"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert "pyngrok" in line and "make dev" in line, line

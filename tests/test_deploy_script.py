@@ -103,8 +103,9 @@ class Stand:
             FLY_STANDIN_LOG=str(self.fly_log),
             VOICEBRIDGE_STANDIN_LOG=str(self.voicebridge_log),
         )
+        command = [sys.executable, "-m", "infra.deploy", "--env-file", str(self.env_file)]
         done = subprocess.run(
-            [sys.executable, "-m", "infra.deploy", "--env-file", str(self.env_file), *args],
+            [*command, "--voicebridge", str(self.bin / "voicebridge"), *args],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -125,8 +126,8 @@ def stand(tmp_path: Path) -> Stand:
     return Stand(tmp_path)
 
 
-def deploy(stand: Stand, *args: str, label: str = "git-0123abcd") -> Run:
-    run = stand.run("--app", APP, "--image-label", label, *args)
+def deploy(stand: Stand, *args: str, label: str = "git-0123abcd", path: str | None = None) -> Run:
+    run = stand.run("--app", APP, "--image-label", label, *args, path=path)
     assert run.code == 0, run.output
     for value in SECRET_VALUES:
         assert value not in run.output, "a secret value was printed"
@@ -198,12 +199,69 @@ def test_storage_list_without_json_falls_back_to_its_table(stand: Stand) -> None
     assert run.changes() == []
 
 
-def test_a_dry_run_only_looks(stand: Stand) -> None:
-    run = deploy(stand, "--dry-run")
+FIRST_DEPLOY_PLAN = [
+    f"create app {APP} in org personal",
+    f"create Tigris bucket {APP}-transcripts",
+    "stage 6 secret(s)",
+    "deploy git-0123abcd",
+    f"point +15551234567 at https://{APP}.fly.dev/twilio/voice",
+    "expire transcripts after 30 days",
+]
+
+
+def plan(run: Run) -> list[str]:
+    """The steps of the summary a dry run ends with, without their numbers."""
+    _, _, summary = run.output.partition(f"Plan for {APP} (dry run: nothing was changed):")
+    assert summary, f"no plan summary:\n{run.output}"
+    steps = [line.strip() for line in summary.splitlines() if line.startswith("  ")]
+    assert [step.split(". ")[0] for step in steps] == [str(n + 1) for n in range(len(steps))]
+    return [step.split(". ", 1)[1] for step in steps]
+
+
+def assert_plans_a_first_deploy(run: Run) -> None:
+    steps = plan(run)
+    assert len(steps) == len(FIRST_DEPLOY_PLAN), run.output
+    for step, expected in zip(steps, FIRST_DEPLOY_PLAN, strict=True):
+        assert step.startswith(expected), run.output
+
+
+def assert_nothing_changed(stand: Stand, run: Run) -> None:
     assert run.changes() == [] and run.calls("ssh console") == []
     assert run.voicebridge == []
-    assert run.output.count("[dry run: not done]") >= 4
     assert stand.read_state()["apps"] == {}
+    assert "done:" not in run.output
+    assert run.output.rstrip().endswith("Run it without --dry-run to apply the plan.")
+
+
+def test_a_dry_run_only_looks(stand: Stand) -> None:
+    run = deploy(stand, "--dry-run")
+    assert_nothing_changed(stand, run)
+    assert run.output.count("[dry run: not done]") >= 4
+    assert_plans_a_first_deploy(run)
+
+
+def test_a_dry_run_needs_no_flyctl_and_plans_a_first_deploy(stand: Stand) -> None:
+    run = deploy(stand, "--dry-run", path=str(Path(sys.executable).parent))
+    assert_nothing_changed(stand, run)
+    assert run.fly == []
+    assert "flyctl is not installed" in run.output and "cannot look at Fly" in run.output
+    assert_plans_a_first_deploy(run)
+
+
+def test_a_dry_run_without_a_login_asks_nothing_more_of_fly(stand: Stand) -> None:
+    stand.set_state(logged_in=False)
+    run = deploy(stand, "--dry-run")
+    assert_nothing_changed(stand, run)
+    assert run.fly == [["auth", "whoami"]]
+    assert "fly auth login" in run.output
+    assert_plans_a_first_deploy(run)
+
+
+def test_a_dry_run_after_a_deploy_plans_only_the_repeatable_steps(stand: Stand) -> None:
+    deploy(stand)
+    run = deploy(stand, "--dry-run")
+    assert run.changes() == []
+    assert plan(run) == [FIRST_DEPLOY_PLAN[4], FIRST_DEPLOY_PLAN[5] + " (bucket lifecycle rule)"]
 
 
 def test_not_logged_in_stops_before_any_change(stand: Stand) -> None:

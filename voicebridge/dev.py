@@ -41,7 +41,7 @@ from voicebridge.telephony.rest import (
     VoiceWebhook,
     voice_webhook_url,
 )
-from voicebridge.tunnel import TunnelError, open_tunnel
+from voicebridge.tunnel import TunnelError, open_tunnel, require_pyngrok
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -113,6 +113,8 @@ def run_dev(settings: DevSettings, port: int, deps: DevDependencies) -> int:
 
 
 def _up(settings: DevSettings, port: int, deps: DevDependencies, undo: ExitStack) -> int:
+    if settings.public_base_url is None:
+        require_pyngrok()
     ensure_port_free(port)
     number = deps.phone_number(settings)
     number.current()  # bad credentials or an unknown number fail here, before anything starts

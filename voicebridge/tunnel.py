@@ -4,26 +4,26 @@ pyngrok runs the ngrok agent (`NGROK_PATH`, else `ngrok` on PATH, else the copy 
 downloads on first use) and asks the agent's local API for an https endpoint forwarding
 to our port, on `NGROK_DOMAIN` when set. Whatever goes wrong comes out as `TunnelError`
 with one readable sentence; the authtoken never appears in it.
+
+pyngrok is a dev dependency (the production image leaves it out), so it is imported only
+when a tunnel opens or closes: the server and the other commands never need it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pyngrok import ngrok
-from pyngrok.conf import PyngrokConfig
-from pyngrok.exception import (
-    PyngrokError,
-    PyngrokNgrokError,
-    PyngrokNgrokHTTPError,
-    PyngrokNgrokInstallError,
-)
+if TYPE_CHECKING:
+    from pyngrok.conf import PyngrokConfig
+    from pyngrok.exception import PyngrokError
 
 AUTHTOKEN_PAGE = "https://dashboard.ngrok.com/get-started/your-authtoken"
 _AUTH_FAILURE = re.compile(r"authentication failed|ERR_NGROK_10[5-8]\b|authtoken", re.IGNORECASE)
@@ -41,6 +41,15 @@ class TunnelError(Exception):
     """The tunnel could not be opened; `str()` is the readable message."""
 
 
+def require_pyngrok() -> None:
+    """Fail in one line, before anything starts, where the dev dependencies are missing."""
+    if importlib.util.find_spec("pyngrok") is None:
+        raise TunnelError(
+            "the ngrok tunnel needs pyngrok, a dev dependency that is not installed: "
+            "run `make dev` from a clone (it installs the dev dependencies)"
+        )
+
+
 @dataclass
 class Tunnel:
     """An open tunnel; `close()` removes the endpoint and stops the agent."""
@@ -49,6 +58,9 @@ class Tunnel:
     config: PyngrokConfig
 
     def close(self) -> None:
+        from pyngrok import ngrok
+        from pyngrok.exception import PyngrokError
+
         # Stopping the agent next removes every endpoint anyway, so a failure here is moot.
         with contextlib.suppress(PyngrokError):
             ngrok.disconnect(self.public_url, self.config)
@@ -67,6 +79,11 @@ def open_tunnel(
 
     `config_path` is the agent's config file (default: ngrok's own, ~/.config/ngrok).
     """
+    require_pyngrok()
+    from pyngrok import ngrok
+    from pyngrok.conf import PyngrokConfig
+    from pyngrok.exception import PyngrokError, PyngrokNgrokInstallError
+
     agent = ngrok_path or _agent_on_path()
     config = PyngrokConfig(
         ngrok_path=str(agent) if agent else None,
@@ -96,6 +113,8 @@ def _agent_on_path() -> Path | None:
 
 
 def _describe(error: PyngrokError | OSError, authtoken: str, domain: str | None) -> str:
+    from pyngrok.exception import PyngrokNgrokHTTPError
+
     if isinstance(error, OSError):
         return f"cannot run the ngrok agent: {error.strerror or error}"
     message = _agent_message(error)
@@ -114,6 +133,8 @@ def _describe(error: PyngrokError | OSError, authtoken: str, domain: str | None)
 
 def _agent_message(error: PyngrokError) -> str:
     """The agent's own words: its start-up error, or the `details.err` of an API answer."""
+    from pyngrok.exception import PyngrokNgrokError, PyngrokNgrokHTTPError
+
     if isinstance(error, PyngrokNgrokHTTPError):
         try:
             body = json.loads(error.body or "")

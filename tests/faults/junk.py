@@ -15,8 +15,12 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 
-# The red team's message: about 2 KB, nested deeper than any decoder recurses.
-DEEPLY_NESTED = '{"event":"media","x":' + "[" * 1000 + "]" * 1000 + "}"
+# Deeper than the decoders recurse on every Python we run: the red team's 1000 levels (2 KB)
+# were too deep for 3.11 but decode on 3.12, whose C recursion limit is higher. 20,000
+# levels (40 KB) stay under the 64 KiB frame limit.
+DEPTH = 20_000
+# The red team's message, nested that deep.
+DEEPLY_NESTED = '{"event":"media","x":' + "[" * DEPTH + "]" * DEPTH + "}"
 FORGED_LINE = "\n00:00:00.000 INFO    voicebridge.call call=CA0 call started"
 
 
@@ -55,7 +59,7 @@ def _audio_delta(delta: str) -> str:
 # Server events that are not what they claim, for the Realtime double to inject.
 OPENAI_JUNK: list[str] = [
     "{not JSON",
-    '{"type":"session.updated","session":{"x":' + "[" * 1000 + "]" * 1000 + "}}",
+    '{"type":"session.updated","session":{"x":' + "[" * DEPTH + "]" * DEPTH + "}}",
     json.dumps(
         {  # a count of the wrong type, deep in a response.done
             "type": "response.done",
