@@ -1,0 +1,1 @@
+"""Our own HTTP API: placing calls, health and metrics."""
