@@ -23,7 +23,6 @@ from typing import Any, cast
 import h11
 import uvicorn
 from litestar import Litestar
-from uvicorn._types import ASGIReceiveEvent
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
@@ -129,9 +128,7 @@ class MediaStreamProtocol(WebSocketsSansIOProtocol):
 
     def listen(self, on_text: OnText) -> None:
         """`DirectText.listen`: the queue keeps what is not text (the disconnect)."""
-        queued: list[ASGIReceiveEvent] = []
-        while not self.queue.empty():
-            queued.append(self.queue.get_nowait())
+        queued = [self.queue.get_nowait() for _ in range(self.queue.qsize())]
         self._on_text = on_text
         for message in queued:
             text = message.get("text") if message["type"] == "websocket.receive" else None
