@@ -29,8 +29,8 @@ from twilio.request_validator import RequestValidator
 from tests.doubles.ngrok_agent import FakeNgrokAgent, install
 from tests.doubles.twilio_rest import FakeTwilioRest
 from tests.servers import free_port
-from voicebridge.cli import CommandError
 from voicebridge.dev import DevDependencies, PublicTunnel, run_dev
+from voicebridge.errors import CommandError
 from voicebridge.settings import DevSettings, SettingsError, load_settings_as
 from voicebridge.telephony.rest import TwilioAccountError, TwilioNumber
 from voicebridge.tunnel import open_tunnel

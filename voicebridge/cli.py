@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from voicebridge.errors import CommandError
 from voicebridge.settings import (
     DevSettings,
     Settings,
@@ -21,10 +22,8 @@ from voicebridge.settings import (
     load_serving_settings,
     load_settings_as,
 )
-
-
-class CommandError(Exception):
-    """A command failed for a reason the user can fix; printed as one line, exit 1."""
+from voicebridge.simulate_cli import add_command as add_simulate_command
+from voicebridge.storage.cli import add_commands as add_transcript_commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,10 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dev(commands)
     _add_twilio(commands)
     _add_call(commands)
-    # Imported here: the groups' modules need `CommandError` from this one.
-    from voicebridge.simulate_cli import add_command as add_simulate_command
-    from voicebridge.storage.cli import add_commands as add_transcript_commands
-
     add_simulate_command(commands)
     add_transcript_commands(commands)
     return parser

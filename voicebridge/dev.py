@@ -33,7 +33,7 @@ from functools import partial
 from types import FrameType
 from typing import Protocol
 
-from voicebridge.cli import CommandError
+from voicebridge.errors import CommandError
 from voicebridge.settings import DevSettings
 from voicebridge.telephony.rest import (
     TwilioAccountError,

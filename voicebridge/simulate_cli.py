@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from websockets.exceptions import WebSocketException
 
 from voicebridge.audio import BYTES_PER_MS, FRAME_MS, WavFormatError, read_audio_as_ulaw
-from voicebridge.cli import CommandError
+from voicebridge.errors import CommandError
 from voicebridge.settings import CallerSettings, load_settings_as, load_storage_settings
 from voicebridge.simulator import CallerSimulator, SimulationSummary, new_sid, ring, run_simulation
 from voicebridge.storage.base import CallRef

@@ -12,10 +12,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-if TYPE_CHECKING:
-    from voicebridge.storage.summary import Summary
+from voicebridge.storage.summary import Summary  # a summary knows nothing of stores
 
 Record = dict[str, Any]
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
-from voicebridge.cli import CommandError
+from voicebridge.errors import CommandError
 from voicebridge.settings import load_storage_settings
 from voicebridge.storage.base import StorageError, TranscriptArchive, TranscriptNotFound
 from voicebridge.storage.catalog import newest_first, sync

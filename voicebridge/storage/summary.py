@@ -7,9 +7,8 @@ instead of downloading every transcript; the local store builds it from the file
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, unquote
-
-from voicebridge.storage.base import Record
 
 # S3 user metadata travels in HTTP headers: ASCII only. Percent-encode everything else
 # but keep phone numbers and SIP addresses readable in a bucket browser.
@@ -27,7 +26,7 @@ class Summary:
     turns: int
 
     @classmethod
-    def from_record(cls, record: Record) -> Summary:
+    def from_record(cls, record: dict[str, Any]) -> Summary:
         return cls(
             call_sid=str(record["call_sid"]),
             started_at=str(record["started_at"]),
