@@ -19,13 +19,13 @@ import struct
 
 import msgspec
 
-FRAME_MS = 20
-FRAME_BYTES = 160  # 20 ms of μ-law at 8 kHz
+from voicebridge.ulaw import FRAME_BYTES, FRAME_MS, SILENCE_BYTE
+
 MAGIC = b"VBn\x01"
 PROBE_SEQ = 0xFFFFFFFF  # frames sent to find out when a call is bridged; not measured
 
 _TAG = struct.Struct(">4sII")
-_SILENCE_B64 = base64.b64encode(b"\xff" * (FRAME_BYTES - _TAG.size))
+_SILENCE_B64 = base64.b64encode(bytes([SILENCE_BYTE]) * (FRAME_BYTES - _TAG.size))
 assert _TAG.size % 3 == 0  # keeps the tag's base64 independent of what follows
 
 

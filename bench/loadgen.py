@@ -28,11 +28,12 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from bench import frames, stats
+from bench import stats
 from bench.streams import MARK_MODES, DirectStream, Stream, TwilioStream
+from voicebridge.ulaw import FRAME_MS
 
 SLOT_MS = 1
-SLOTS = frames.FRAME_MS // SLOT_MS
+SLOTS = FRAME_MS // SLOT_MS
 DIRECT_INDEX = 1_000_000  # direct streams' tags, far from any call index
 CONNECT_CONCURRENCY = 25
 READY_TIMEOUT_S = 30.0
@@ -113,7 +114,7 @@ def _slots(calls: Sequence[Stream], direct: Sequence[Stream]) -> list[list[Strea
     slots: list[list[Stream]] = [[] for _ in range(SLOTS)]
     for group in (calls, direct):
         for i, stream in enumerate(group):
-            offset_ms = (i + (0.5 if group is direct else 0.0)) * frames.FRAME_MS / len(group)
+            offset_ms = (i + (0.5 if group is direct else 0.0)) * FRAME_MS / len(group)
             slots[int(offset_ms // SLOT_MS) % SLOTS].append(stream)
     return slots
 
@@ -182,7 +183,7 @@ async def generate(cfg: LoadConfig) -> dict[str, Any]:
     """Run the load and return the figures (see `summarise`)."""
     if cfg.mark_mode not in MARK_MODES:
         raise ValueError(f"mark_mode must be one of {MARK_MODES}")
-    frames_total = max(1, round(cfg.duration_s * 1000 / frames.FRAME_MS))
+    frames_total = max(1, round(cfg.duration_s * 1000 / FRAME_MS))
     run = LoadRun(
         calls=[TwilioStream(i, frames_total, cfg.mark_mode) for i in range(cfg.calls)],
         direct=[DirectStream(DIRECT_INDEX + k, frames_total) for k in range(cfg.direct_streams)],

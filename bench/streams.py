@@ -14,6 +14,7 @@ from collections import deque
 
 from bench import frames
 from bench.wsclient import WsClient, connect
+from voicebridge.ulaw import FRAME_MS
 
 MARK_MODES = ("played", "immediate")
 
@@ -119,7 +120,7 @@ class TwilioStream(Stream):
             self.corrupt += 1
             return
         if isinstance(message, frames.OutMedia):
-            self._play_until = max(arrived_at, self._play_until) + frames.FRAME_MS / 1000
+            self._play_until = max(arrived_at, self._play_until) + FRAME_MS / 1000
             self._echoed(message.media.payload, arrived_at)
         elif isinstance(message, frames.OutMark):
             self.marks_received += 1

@@ -23,12 +23,8 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.fixtures import TEXTS, load
 from voicebridge.audio import (
-    BYTES_PER_MS,
-    FRAME_BYTES,
-    SILENCE_BYTE,
     read_audio_as_ulaw,
     read_wav_as_ulaw,
-    silence,
     ulaw_to_pcm16,
     write_ulaw_wav,
 )
@@ -39,6 +35,7 @@ from voicebridge.simulator import (
     CallerSimulator,
     run_simulation,
 )
+from voicebridge.ulaw import BYTES_PER_MS, FRAME_BYTES, SILENCE_BYTE, silence
 
 AGENT = load("agent_long_reply")
 CALLER = load("caller_book_table")

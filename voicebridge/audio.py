@@ -23,32 +23,17 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
 
+from voicebridge.ulaw import BYTES_PER_MS, SAMPLE_RATE
+
 __all__ = [
-    "BYTES_PER_MS",
-    "FRAME_BYTES",
-    "FRAME_MS",
-    "SAMPLE_RATE",
-    "SILENCE_BYTE",
     "WavFormatError",
     "pcm16_to_ulaw",
     "read_audio_as_ulaw",
     "read_wav_as_ulaw",
-    "silence",
     "ulaw_duration_ms",
     "ulaw_to_pcm16",
     "write_ulaw_wav",
 ]
-
-#: μ-law encodes zero amplitude as 0xFF; this is what Twilio "sends" for a silent line.
-SILENCE_BYTE: Final = 0xFF
-#: Telephone audio: 8000 samples/s, one byte per sample.
-SAMPLE_RATE: Final = 8000
-#: 8 bytes of μ-law per millisecond: byte counts and durations convert exactly.
-BYTES_PER_MS: Final = SAMPLE_RATE // 1000
-#: Twilio sends one media message per 20 ms.
-FRAME_MS: Final = 20
-#: 160 bytes of μ-law = 20 ms.
-FRAME_BYTES: Final = FRAME_MS * BYTES_PER_MS
 
 # WAVE format tags (from the Microsoft RIFF spec).
 _WAVE_FORMAT_PCM: Final = 0x0001
@@ -58,11 +43,6 @@ _WAVE_FORMAT_MULAW: Final = 0x0007
 _WAVE_FORMAT_EXTENSIBLE: Final = 0xFFFE
 
 _RAW_ULAW_SUFFIXES: Final = frozenset({".ulaw", ".mulaw", ".ul", ".u8", ".raw", ".pcmu"})
-
-
-def silence(ms: int) -> bytes:
-    """``ms`` milliseconds of μ-law silence."""
-    return bytes([SILENCE_BYTE]) * (ms * BYTES_PER_MS)
 
 
 def ulaw_duration_ms(ulaw: bytes | bytearray) -> int:

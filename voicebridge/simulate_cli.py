@@ -22,12 +22,13 @@ from urllib.parse import urlsplit
 
 from websockets.exceptions import WebSocketException
 
-from voicebridge.audio import BYTES_PER_MS, FRAME_MS, WavFormatError, read_audio_as_ulaw
+from voicebridge.audio import WavFormatError, read_audio_as_ulaw
 from voicebridge.errors import CommandError
 from voicebridge.settings import CallerSettings, load_settings_as, load_storage_settings
 from voicebridge.simulator import CallerSimulator, SimulationSummary, new_sid, ring, run_simulation
 from voicebridge.storage.base import CallRef
 from voicebridge.storage.render import plural
+from voicebridge.ulaw import BYTES_PER_MS, FRAME_MS
 
 WAVS_THAT_WORK = (
     "use a WAV file (PCM 8-32 bit, float, μ-law or A-law; mono or stereo; any sample rate)"

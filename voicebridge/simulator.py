@@ -46,14 +46,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Data
 
-from voicebridge.audio import (
-    BYTES_PER_MS,
-    FRAME_BYTES,
-    FRAME_MS,
-    SAMPLE_RATE,
-    SILENCE_BYTE,
-    write_ulaw_wav,
-)
+from voicebridge.audio import write_ulaw_wav
+from voicebridge.ulaw import BYTES_PER_MS, FRAME_BYTES, FRAME_MS, SAMPLE_RATE, SILENCE_BYTE
 
 __all__ = [
     "CallEndedError",

@@ -53,6 +53,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from voicebridge.ulaw import BYTES_PER_MS, FRAME_BYTES, FRAME_MS, SAMPLE_RATE, silence
+
 with warnings.catch_warnings():
     # audioop is deprecated (removed in 3.13, where the `audioop-lts` package provides it).
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -83,9 +85,6 @@ log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 T = TypeVar("T")
 
-BYTES_PER_MS = 8  # μ-law 8 kHz mono: one byte per sample
-FRAME_BYTES = 160  # 20 ms, the VAD frame (and Twilio's media frame)
-FRAME_MS = FRAME_BYTES // BYTES_PER_MS
 ECHO_RESPONSE_ID = "resp_echo"
 ECHO_ITEM_ID = "item_echo"
 _MIN_COMMIT_BYTES = 100 * BYTES_PER_MS  # the real server refuses to commit < 100 ms
@@ -97,14 +96,17 @@ _MAX_FRAME = 32 * 2**20  # an append may carry up to 15 MiB of audio, base64-enc
 
 def silence_ulaw(ms: int) -> bytes:
     """μ-law digital silence (0xFF decodes to 0), as Twilio and the bridge use for gaps."""
-    return b"\xff" * (ms * BYTES_PER_MS)
+    return silence(ms)
 
 
 def tone_ulaw(ms: int, freq: float = 440.0, amplitude: int = 8000) -> bytes:
     """A sine tone as μ-law 8 kHz: loud enough for the double's VAD to call it speech."""
     samples = array(
         "h",
-        (int(amplitude * math.sin(2 * math.pi * freq * i / 8000)) for i in range(ms * 8)),
+        (
+            int(amplitude * math.sin(2 * math.pi * freq * i / SAMPLE_RATE))
+            for i in range(ms * BYTES_PER_MS)
+        ),
     )
     return audioop.lin2ulaw(samples.tobytes(), 2)
 

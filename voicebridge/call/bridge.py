@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from voicebridge.call.playback import BYTES_PER_MS, PlaybackTracker
+from voicebridge.call.playback import PlaybackTracker
 from voicebridge.call.tools import END_CALL, TRANSFER_CALL
 from voicebridge.call.transcript import CallInfo, Transcript, Turn
 from voicebridge.realtime import events as rt
@@ -40,13 +40,12 @@ from voicebridge.telephony.messages import (
     UnknownEvent,
 )
 from voicebridge.telephony.outbound import instructions_digest
+from voicebridge.ulaw import BYTES_PER_MS, FRAME_MS, silence
 
-FRAME_MS = 20
-MAX_FRAME_BYTES = 1600  # 200 ms; Twilio sends 20 ms frames, anything far larger is not audio
+MAX_FRAME_BYTES = 200 * BYTES_PER_MS  # Twilio sends 20 ms frames: far larger is not audio
 MAX_GAP_FILL_MS = 10_000  # longer gaps are a stalled stream, not omitted silence
 SEED_PREFIX = "vb_seed_"  # ids of the past turns we re-tell a new session
 HELD_AUDIO_FRAMES = 150  # caller audio kept while the Realtime session reconnects: 3 s
-_SILENCE = b"\xff"  # μ-law silence
 
 
 # A session that answered its configuration and then lived this long (or completed a
@@ -336,8 +335,8 @@ class CallBridge:
         if media.timestamp is not None:
             gap_ms = self._gap_before(media.timestamp, size)
             if gap_ms:  # Twilio may omit silent frames; server VAD needs the silence
-                silence = base64.b64encode(_SILENCE * (gap_ms * BYTES_PER_MS)).decode()
-                frames.append(rt.append_audio(silence))
+                gap = base64.b64encode(silence(gap_ms)).decode()
+                frames.append(rt.append_audio(gap))
         self.frames_in += 1
         frames.append(rt.append_audio(payload))
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-BYTES_PER_MS = 8  # μ-law, 8 kHz, one byte per sample
+from voicebridge.ulaw import BYTES_PER_MS
+
 MARK_EVERY_MS = 100
 _BYTES_PER_S = BYTES_PER_MS * 1000
 

@@ -12,6 +12,7 @@ from typing import Any, get_args
 import msgspec
 
 from voicebridge.bad_input import BadInput
+from voicebridge.ulaw import SAMPLE_RATE
 
 _encode = msgspec.json.Encoder().encode
 
@@ -191,7 +192,7 @@ def parse_server_event(data: str | bytes) -> ServerEvent | None:
 
 _BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _PADDING = {b"": "", b"=": "=", b"==": "=="}
-MAX_DELTA_BYTES = 8000 * 10  # 10 s of μ-law: 50 times a long delta (200 ms), still bounded
+MAX_DELTA_BYTES = SAMPLE_RATE * 10  # 10 s of μ-law: 50 times a long delta (200 ms), still bounded
 
 
 def audio_bytes(delta: str) -> int:
