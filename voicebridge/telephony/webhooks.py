@@ -8,14 +8,14 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from litestar import Controller, MediaType, Request, Router, post
+from litestar import Controller, MediaType, Request, post
 from litestar.datastructures import State
 from litestar.exceptions import ClientException, PermissionDeniedException
 
 from voicebridge.app_state import call_services, twilio_control
 from voicebridge.call.stream import CallServices
 from voicebridge.http_limits import CLOSE, read_form
-from voicebridge.logs import RateLimitedLog, call_sid_var
+from voicebridge.logs import call_sid_var
 from voicebridge.storage.base import TranscriptNotFound, check_call_sid
 from voicebridge.telephony import twiml
 from voicebridge.telephony.outbound import signed_payload
@@ -73,14 +73,10 @@ def status_facts(form: dict[str, str]) -> dict[str, Any] | None:
 
 
 class TwilioWebhooks(Controller):
-    """A controller, not bare handlers: Litestar makes one per app it is registered on, so
-    each app rate-limits its own refusals."""
+    """Twilio's webhooks under `/twilio`; refusals are rate-limited by the app's own
+    limiter (`CallServices.refusals`), so one app's flood doesn't mute another's."""
 
     path = "/twilio"
-
-    def __init__(self, owner: Router) -> None:
-        super().__init__(owner)
-        self.refusals = RateLimitedLog(log)
 
     async def _form(
         self, request: Request[Any, Any, Any], services: CallServices
@@ -103,7 +99,7 @@ class TwilioWebhooks(Controller):
         if not webhook_signature_valid(
             settings.twilio_auth_token.get_secret_value(), url, params, signature
         ):
-            self.refusals.warning(
+            services.refusals.warning(
                 "rejected a webhook with a %s Twilio signature",
                 "bad" if signature else "missing",
                 extra={"path": request.url.path},
@@ -143,7 +139,7 @@ class TwilioWebhooks(Controller):
         }
         token = services.tokens.issue_once(call_sid, signed_payload(parameters))
         if token is None:
-            self.refusals.warning("no second stream token for an answered call: hanging up")
+            services.refusals.warning("no second stream token for an answered call: hanging up")
             return twiml.hang_up()
         parameters["token"] = token
         action = f"{settings.public_base_url}/twilio/stream-ended"
