@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -83,13 +84,11 @@ async def assert_held_in_memory(server: RunningServer, call_sid: str) -> None:
     assert scraped["voicebridge_transcript_upload_failures_total"] >= 1
 
 
-async def test_disk_full_and_bucket_down_then_disk_freed_then_bucket_back(
-    realtime: RealtimeDouble,
-    bucket_settings: Callable[..., Settings],
-    moto: MotoS3,
-    bucket: str,
-    small_disk: SmallDisk,
-) -> None:
+def bucket_down_and_disk_full(
+    bucket_settings: Callable[..., Settings], small_disk: SmallDisk
+) -> tuple[Settings, MemoryFallback, int, Path]:
+    """A bucket store whose endpoint is a closed port and whose spool is on a full disk:
+    the port (to bring the bucket up on later) and the spool come back with it."""
     port = free_port()
     spool = small_disk.root / "spool"
     spool.mkdir()
@@ -98,6 +97,17 @@ async def test_disk_full_and_bucket_down_then_disk_freed_then_bucket_back(
     )
     store = bucket_store(settings)
     small_disk.fill()
+    return settings, store, port, spool
+
+
+async def test_disk_full_and_bucket_down_then_disk_freed_then_bucket_back(
+    realtime: RealtimeDouble,
+    bucket_settings: Callable[..., Settings],
+    moto: MotoS3,
+    bucket: str,
+    small_disk: SmallDisk,
+) -> None:
+    settings, store, port, spool = bucket_down_and_disk_full(bucket_settings, small_disk)
     async with serve(create_app(settings, store)) as server:
         call_sid = await hang_up_a_call(server, realtime)
         await assert_held_in_memory(server, call_sid)
@@ -131,14 +141,7 @@ async def test_disk_full_and_bucket_down_then_bucket_back_uploads_from_memory(
     bucket: str,
     small_disk: SmallDisk,
 ) -> None:
-    port = free_port()
-    spool = small_disk.root / "spool"
-    spool.mkdir()
-    settings = bucket_settings(
-        aws_endpoint_url_s3=f"http://127.0.0.1:{port}", transcript_spool_dir=spool
-    )
-    store = bucket_store(settings)
-    small_disk.fill()
+    settings, store, port, spool = bucket_down_and_disk_full(bucket_settings, small_disk)
     async with serve(create_app(settings, store)) as server:
         call_sid = await hang_up_a_call(server, realtime)
         await assert_held_in_memory(server, call_sid)
